@@ -1,0 +1,1 @@
+"""Render, build and run the images and stacks that self-host DeepSeek-R1."""

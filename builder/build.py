@@ -1,0 +1,163 @@
+"""Turn a target and the user's choices into a build plan, and run it with BuildKit.
+
+The only module that builds images. A plan is plain data; `command()` is the exact argv that runs it,
+which `--dry-run` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from python_on_whales.exceptions import DockerException
+from python_on_whales.utils import stream_stdout_and_stderr
+
+from builder import render
+from builder.catalog import Target
+from builder.docker import Backend
+from builder.errors import UserError
+from builder.progress import BuildProgress
+from builder.tags import image_refs
+
+CONTEXT = "<context>"  # stands for the staging folder in a printed command
+SOURCE_EXCLUDES = {".git", "build", "node_modules", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    target: Target
+    settings: Mapping[str, str]
+    dockerfile: str
+    tags: tuple[str, ...]
+    platforms: tuple[str, ...]
+    build_args: Mapping[str, str]
+    source: Path | None
+    push: bool
+    no_cache: bool
+
+    def command(self, backend: Backend, context: str = CONTEXT) -> list[str]:
+        cmd = [*backend.build_command, "--progress", "plain", "--file", f"{context}/Dockerfile"]
+        for tag in self.tags:
+            cmd += ["--tag", tag]
+        for key, value in self.build_args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        if self.no_cache:
+            cmd.append("--no-cache")
+        if backend.kind == "buildx":
+            cmd += ["--platform", ",".join(self.platforms)] if self.platforms else []
+            cmd.append("--push" if self.push else "--load")
+        elif self.platforms:
+            cmd += ["--platform", self.platforms[0]]
+        return [*cmd, context]
+
+    def shell_line(self, backend: Backend, context: str = CONTEXT) -> str:
+        env = [f"{k}={v}" for k, v in backend.env.items()]
+        return shlex.join([*env, *self.command(backend, context)])
+
+
+def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what} {pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def plan(
+    target: Target,
+    settings: Mapping[str, str],
+    *,
+    platforms: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    build_args: tuple[str, ...] = (),
+    source: Path | None = None,
+    push: bool = False,
+    no_cache: bool = False,
+    registry: str | None = None,
+) -> BuildPlan:
+    """Check every input and fix the build; nothing is written or run."""
+    target.check_platforms(platforms)
+    args = _parse_pairs(build_args, "--build-arg")
+    if source is not None:
+        if not target.source_arg:
+            raise UserError(f"target {target.name} takes no --source")
+        if not source.exists():
+            raise UserError(f"--source {source} does not exist: give a source checkout folder or a .tar.gz of one")
+        if not (source.is_dir() or tarfile.is_tarfile(source)):
+            raise UserError(f"--source {source} is neither a folder nor a tarball")
+        args = {target.source_arg: "local", **args}
+    if len(platforms) > 1 and not push:
+        raise UserError("several --platform values need --push (a local image store holds one platform)")
+    refs = tags or tuple(image_refs(target, settings, registry))
+    return BuildPlan(
+        target=target,
+        settings=dict(settings),
+        dockerfile=render.render(target, settings),
+        tags=refs,
+        platforms=platforms,
+        build_args=args,
+        source=source,
+        push=push,
+        no_cache=no_cache,
+    )
+
+
+def stage_context(build: BuildPlan, into: Path) -> None:
+    """The build context: the image folder, the rendered Dockerfile and, with --source, source/."""
+    shutil.copytree(build.target.folder, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.j2", "image.yaml"))
+    (into / "Dockerfile").write_text(build.dockerfile)
+    if build.source is None:
+        return
+    dest = into / "source"
+    if build.source.is_dir():
+        shutil.copytree(build.source, dest, symlinks=True, ignore=lambda d, names: [n for n in names if n in SOURCE_EXCLUDES and Path(d) == build.source])
+        return
+    with tarfile.open(build.source) as tar:
+        tar.extractall(into / "unpacked", filter="data")
+    top = list((into / "unpacked").iterdir())
+    # A release tarball holds one top folder (llama.cpp-b1234/): its content is the source.
+    (top[0] if len(top) == 1 and top[0].is_dir() else into / "unpacked").rename(dest)
+
+
+def _lines(backend: Backend, cmd: list[str]) -> Iterator[str]:
+    try:
+        for _, raw in stream_stdout_and_stderr(cmd, env=dict(backend.env)):
+            yield raw.decode(errors="replace").rstrip("\n")
+    except DockerException as e:
+        raise UserError(f"docker build failed with exit status {e.return_code}: see the log above") from None
+
+
+def run(build: BuildPlan, backend: Backend) -> None:
+    """Stage the context, stream the build log, then push (classic builder) where asked."""
+    with tempfile.TemporaryDirectory(prefix="builder-context-") as tmp:
+        context = Path(tmp) / "context"
+        stage_context(build, context)
+        cmd = build.command(backend, str(context))
+        print("+ " + build.shell_line(backend, str(context)), file=sys.stderr, flush=True)
+        with BuildProgress(build.target.name) as progress:
+            for line in _lines(backend, cmd):
+                progress.line(line)
+    if build.push and backend.kind == "classic":
+        for tag in build.tags:
+            subprocess.run([backend.client, "push", tag], check=True, env={**os.environ, **backend.env})
+
+
+def smoke_test(build: BuildPlan, backend: Backend) -> str:
+    """Run the target's smoke test in the built image; its output, or a UserError."""
+    if not build.target.smoke_test or build.push:
+        return ""
+    command = list(build.target.smoke_test)
+    try:
+        return str(backend.whales().run(build.tags[0], command[1:], entrypoint=command[0], remove=True))
+    except DockerException as e:
+        raise UserError(f"smoke test `{shlex.join(command)}` failed in {build.tags[0]}: {e.stderr.strip().splitlines()[-1:] or e}") from None

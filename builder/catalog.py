@@ -1,0 +1,137 @@
+"""The image catalog: every images/<engine>/image.yaml read into frozen dataclasses.
+
+Validation happens here, once: an unknown target, option or value is rejected before anything renders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from builder.errors import UserError
+from builder.paths import images_dir
+
+PLATFORM = re.compile(r"^linux/(amd64|arm64)$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A template parameter the user may set (`--set NAME=VALUE`)."""
+
+    name: str
+    help: str
+    default: str
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
+
+    def check(self, value: str) -> str:
+        if self.choices and value not in self.choices:
+            raise UserError(f"option {self.name}={value!r} is not one of {', '.join(self.choices)}")
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            raise UserError(f"option {self.name}={value!r} is malformed: {self.help}")
+        return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One buildable image: a template, fixed parameters, options and platforms."""
+
+    name: str
+    folder: Path
+    description: str
+    template: str
+    version: str
+    platforms: tuple[str, ...]
+    params: Mapping[str, str]
+    options: Mapping[str, Option]
+    smoke_test: tuple[str, ...]
+    tag: str = "{{ version }}"
+    source_arg: str | None = None
+
+    def resolve(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """Every option's value: the defaults, overridden by checked `settings`."""
+        unknown = sorted(set(settings) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise UserError(f"target {self.name} has no option {unknown[0]!r} (its options: {known})")
+        return {name: opt.check(settings.get(name, opt.default)) for name, opt in self.options.items()}
+
+    def check_platforms(self, platforms: tuple[str, ...]) -> tuple[str, ...]:
+        for p in platforms:
+            if p not in self.platforms:
+                raise UserError(f"target {self.name} does not support platform {p!r} (it supports {', '.join(self.platforms)})")
+        return platforms
+
+
+@dataclass(frozen=True)
+class Catalog:
+    targets: Mapping[str, Target]
+
+    def get(self, name: str) -> Target:
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise UserError(f"unknown target {name!r}: choose one of {', '.join(sorted(self.targets))} (see `builder list`)") from None
+
+
+def _options(raw: Mapping[str, Any], where: Path) -> dict[str, Option]:
+    opts = {}
+    for name, spec in raw.items():
+        try:
+            opt = Option(
+                name=name,
+                help=str(spec["help"]),
+                default=str(spec["default"]),
+                choices=tuple(str(c) for c in spec.get("choices", ())),
+                pattern=spec.get("pattern"),
+            )
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{where}: option {name!r} needs help and default ({e})") from None
+        opt.check(opt.default)
+        opts[name] = opt
+    return opts
+
+
+def load_folder(folder: Path) -> list[Target]:
+    """The targets one image folder declares."""
+    spec_path = folder / "image.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    shared = _options(spec.get("options", {}), spec_path)
+    targets = []
+    for name, t in spec["targets"].items():
+        platforms = tuple(t.get("platforms", spec.get("platforms", ())))
+        bad = [p for p in platforms if not PLATFORM.match(p)]
+        if bad or not platforms:
+            raise UserError(f"{spec_path}: target {name} has bad platforms {bad or platforms}")
+        targets.append(
+            Target(
+                name=name,
+                folder=folder,
+                description=t.get("description", spec.get("description", "")),
+                template=spec.get("template", "Dockerfile.j2"),
+                version=str(spec["version"]),
+                platforms=platforms,
+                params=MappingProxyType({k: str(v) for k, v in t.get("params", {}).items()}),
+                options=MappingProxyType({**shared, **_options(t.get("options", {}), spec_path)}),
+                smoke_test=tuple(spec.get("smoke_test", ())),
+                tag=t.get("tag", spec.get("tag", "{{ version }}")),
+                source_arg=spec.get("source_arg"),
+            )
+        )
+    return targets
+
+
+def load(root: Path | None = None) -> Catalog:
+    root = root or images_dir()
+    targets: dict[str, Target] = {}
+    for spec in sorted(root.glob("*/image.yaml")):
+        for target in load_folder(spec.parent):
+            if target.name in targets:
+                raise UserError(f"target {target.name} is declared twice ({targets[target.name].folder}, {spec.parent})")
+            targets[target.name] = target
+    return Catalog(MappingProxyType(targets))

@@ -1,0 +1,37 @@
+"""Render a target's Dockerfile: a pure function of (target, options); no I/O but reading the template."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jinja2
+
+from builder.catalog import Target
+
+
+def _environment(target: Target) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(target.folder),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # Dockerfiles, not HTML
+    )
+
+
+def context(target: Target, settings: Mapping[str, str]) -> dict[str, str]:
+    """The template's variables: fixed parameters, checked options, the target's name and version."""
+    return {**target.params, **target.resolve(settings), "target": target.name, "version": target.version}
+
+
+def render(target: Target, settings: Mapping[str, str] | None = None) -> str:
+    values = context(target, settings or {})
+    text = _environment(target).get_template(target.template).render(values)
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+def image_tag(target: Target, settings: Mapping[str, str] | None = None) -> str:
+    """The versioned tag of this variant, from the spec's `tag` template (e.g. b10864-cu12-blis)."""
+    values = context(target, settings or {})
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(target.tag).render(values).strip()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Configure, compile and install llama.cpp's serving tools into PREFIX/bin.
+# The Dockerfile runs this script, and so does tests/gpu/run.sh on a bare GPU machine: one set of flags for both.
+#
+# usage: build.sh SOURCE_DIR PREFIX
+# environment:
+#   ACCELERATOR         cpu | cuda                                (default cpu)
+#   CUDA_ARCHITECTURES  e.g. "80;86;89;90;100;120"                 (cuda only)
+#   BLAS                none | blis                               (default none)
+#   BLIS_PREFIX         holds BLIS's lib/ and include/blis/        (default /opt/blis)
+#   CPU_TARGET          portable: every CPU variant, picked at run time; native: -march=native (default portable)
+#   BUILD_DIR           cmake's build folder                      (default SOURCE_DIR/build)
+#   JOBS                parallel compile jobs                     (default: all cores)
+set -euo pipefail
+
+src=${1:?usage: build.sh SOURCE_DIR PREFIX}
+prefix=${2:?usage: build.sh SOURCE_DIR PREFIX}
+build=${BUILD_DIR:-$src/build}
+tools=(llama-server llama-cli llama-bench llama-gguf-split llama-quantize)
+
+args=(
+  -DCMAKE_BUILD_TYPE=Release
+  -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_EXAMPLES=OFF
+  # HTTPS model fetching goes through OpenSSL; LLAMA_CURL is deprecated and ignored upstream.
+  -DLLAMA_OPENSSL=ON
+  # The server's own web UI is fetched from the Hub at configure time; the stacks use Open WebUI instead.
+  -DLLAMA_BUILD_UI=OFF
+  -DLLAMA_USE_PREBUILT_UI=OFF
+  # Binaries and libraries share one folder and find each other through $ORIGIN, wherever it is copied.
+  -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON
+)
+if command -v ccache >/dev/null; then
+  args+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+
+case ${CPU_TARGET:-portable} in
+  portable) args+=(-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON) ;;
+  native) args+=(-DGGML_NATIVE=ON) ;;
+  *) echo "build.sh: CPU_TARGET must be portable or native, not '$CPU_TARGET'" >&2; exit 2 ;;
+esac
+
+case ${ACCELERATOR:-cpu} in
+  cpu) ;;
+  cuda)
+    args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES:?set CUDA_ARCHITECTURES, e.g. 90}"
+      # libcuda.so comes with the host driver at run time; the build links against the toolkit's stub.
+      -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined)
+    ;;
+  *) echo "build.sh: ACCELERATOR must be cpu or cuda, not '$ACCELERATOR'" >&2; exit 2 ;;
+esac
+
+case ${BLAS:-none} in
+  none) ;;
+  blis)
+    blis=${BLIS_PREFIX:-/opt/blis}
+    args+=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=FLAME "-DCMAKE_PREFIX_PATH=$blis" "-DBLAS_INCLUDE_DIRS=$blis/include/blis")
+    ;;
+  *) echo "build.sh: BLAS must be none or blis, not '$BLAS'" >&2; exit 2 ;;
+esac
+
+cmake -S "$src" -B "$build" "${args[@]}"
+cmake --build "$build" --config Release -j "${JOBS:-$(nproc)}" --target "${tools[@]}"
+
+install -d "$prefix/bin"
+find "$build/bin" -maxdepth 1 -name '*.so*' -exec cp -P {} "$prefix/bin/" +
+for tool in "${tools[@]}"; do
+  install -m 0755 "$build/bin/$tool" "$prefix/bin/"
+done
