@@ -116,6 +116,13 @@ def stage_context(build: BuildPlan, into: Path) -> None:
     """The build context: the image folder, the rendered Dockerfile and, with --source, source/."""
     shutil.copytree(build.target.folder, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.j2", "image.yaml"))
     (into / "Dockerfile").write_text(build.dockerfile)
+    repo = build.target.folder.parent.parent
+    for name in build.target.repo_files:
+        path = repo / name
+        if path.is_dir():
+            shutil.copytree(path, into / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(path, into / name)
     if build.source is None:
         return
     dest = into / "source"

@@ -52,6 +52,8 @@ class Target:
     smoke_test: tuple[str, ...]
     tag: str = "{{ version }}"
     source_arg: str | None = None
+    # Paths of this repository (e.g. the builder package) that the build context also needs.
+    repo_files: tuple[str, ...] = ()
 
     def resolve(self, settings: Mapping[str, str]) -> dict[str, str]:
         """Every option's value: the defaults, overridden by checked `settings`."""
@@ -121,6 +123,7 @@ def load_folder(folder: Path) -> list[Target]:
                 smoke_test=tuple(spec.get("smoke_test", ())),
                 tag=t.get("tag", spec.get("tag", "{{ version }}")),
                 source_arg=spec.get("source_arg"),
+                repo_files=tuple(spec.get("repo_files", ())),
             )
         )
     return targets
