@@ -144,8 +144,9 @@ def _lines(backend: Backend, cmd: list[str]) -> Iterator[str]:
         raise UserError(f"docker build failed with exit status {e.return_code}: see the log above") from None
 
 
-def run(build: BuildPlan, backend: Backend) -> None:
-    """Stage the context, stream the build log, then push (classic builder) where asked."""
+def run(build: BuildPlan, backend: Backend) -> list[str]:
+    """Stage the context, stream the build log, then push (classic builder) where asked. Returns the log."""
+    log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="builder-context-") as tmp:
         context = Path(tmp) / "context"
         stage_context(build, context)
@@ -153,10 +154,12 @@ def run(build: BuildPlan, backend: Backend) -> None:
         print("+ " + build.shell_line(backend, str(context)), file=sys.stderr, flush=True)
         with BuildProgress(build.target.name) as progress:
             for line in _lines(backend, cmd):
+                log.append(line)
                 progress.line(line)
     if build.push and backend.kind == "classic":
         for tag in build.tags:
             subprocess.run([backend.client, "push", tag], check=True, env={**os.environ, **backend.env})
+    return log
 
 
 def smoke_test(build: BuildPlan, backend: Backend) -> str:

@@ -45,7 +45,12 @@ def source_tarball() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+    """A tiny GGUF in a folder the images' non-root user (uid 10001) can read when mounted."""
+    folder = tmp_path_factory.mktemp("models")
+    folder.chmod(0o755)
+    model = write_tiny_model(folder / "tiny.gguf")
+    model.chmod(0o644)
+    return model
 
 
 def _build(tag: str, source: Path, *extra: str) -> str:

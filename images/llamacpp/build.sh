@@ -22,7 +22,7 @@ args=(
   -DCMAKE_BUILD_TYPE=Release
   -DLLAMA_BUILD_TESTS=OFF
   -DLLAMA_BUILD_EXAMPLES=OFF
-  # HTTPS model fetching goes through OpenSSL; LLAMA_CURL is deprecated and ignored upstream.
+  # HTTPS model fetching goes through OpenSSL (the libcurl option is deprecated and ignored upstream).
   -DLLAMA_OPENSSL=ON
   # The server's own web UI is fetched from the Hub at configure time; the stacks use Open WebUI instead.
   -DLLAMA_BUILD_UI=OFF

@@ -14,18 +14,33 @@ import numpy as np
 WORDS = ["hello", "world", "one", "two", "three", "un", "deux", "trois", "quatre", "cinq", "the", "answer", "is"]
 
 
-def vocabulary() -> tuple[list[bytes], list[float], list[int]]:
-    """A byte-fallback SentencePiece vocabulary: control tokens, the 256 bytes, a few words."""
-    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)] + [("\u2581" + w).encode() for w in WORDS]
-    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(WORDS)
-    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(WORDS))]
+def vocabulary(n_vocab: int = 0) -> tuple[list[bytes], list[float], list[int]]:
+    """A byte-fallback SentencePiece vocabulary: control tokens, the 256 bytes, a few words, then filler
+    words up to `n_vocab` (a realistic vocabulary size makes the output layer cost what it does for real)."""
+    words = WORDS + [f"w{i}" for i in range(max(0, n_vocab - 3 - 256 - len(WORDS)))]
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)] + [("\u2581" + w).encode() for w in words]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(words)
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(words))]
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_ff: int = 128, seed: int = 0) -> Path:
-    """Write the model to `path` (a single GGUF file) and return it."""
+def write_tiny_model(
+    path: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int | None = None,
+    n_ff: int = 128,
+    n_vocab: int = 0,
+    f16: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write the model to `path` (a single GGUF file) and return it. The defaults make a 0.5 MB model;
+    n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000, f16=True a 1.1B one."""
     rng = np.random.default_rng(seed)
-    tokens, scores, types = vocabulary()
+    dtype = np.float16 if f16 else np.float32
+    tokens, scores, types = vocabulary(n_vocab)
     n_vocab = len(tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(path), "llama")
@@ -35,10 +50,10 @@ def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: 
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
+    w.add_head_count_kv(n_head_kv or n_head)
     w.add_rope_dimension_count(n_embd // n_head)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -48,7 +63,7 @@ def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: 
     w.add_unk_token_id(0)
 
     def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+        w.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype))
 
     tensor("token_embd.weight", n_vocab, n_embd)
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
@@ -56,8 +71,11 @@ def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: 
     for i in range(n_layer):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        for t in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensor(f"blk.{i}.{t}.weight", n_embd, n_embd)
+        kv = n_embd // n_head * (n_head_kv or n_head)
+        tensor(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        tensor(f"blk.{i}.attn_k.weight", kv, n_embd)
+        tensor(f"blk.{i}.attn_v.weight", kv, n_embd)
+        tensor(f"blk.{i}.attn_output.weight", n_embd, n_embd)
         tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)

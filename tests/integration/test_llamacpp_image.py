@@ -1,0 +1,124 @@
+"""The llama.cpp CPU image, and its BLIS variant, built for real and serving a tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+from python_on_whales import Container, DockerClient
+from python_on_whales.exceptions import DockerException
+
+from builder import build, catalog
+from support.http import free_port, post_json, status, wait_until_healthy
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+API_KEY = "test-key-not-secret"
+# The llama-server flags the stacks and the GPU run use; each must exist in the built binary.
+SERVER_FLAGS = ["-ngl", "--split-mode", "--tensor-split", "--flash-attn", "-c", "--api-key", "--api-key-file",
+                "-ot", "--n-cpu-moe", "--threads", "--jinja", "--reasoning-format", "--host", "--port", "-np"]
+
+
+@pytest.fixture(scope="module", params=["plain", "blis"])
+def image(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("llamacpp_cpu_image" if request.param == "plain" else "llamacpp_cpu_blis_image")
+
+
+@pytest.fixture(scope="module")
+def server(docker: DockerClient, image: str, tiny_model: Path):
+    port = free_port()
+    container = docker.run(
+        image,
+        ["-m", f"/models/{tiny_model.name}", "-c", "512", "--api-key", API_KEY, "-np", "1"],
+        detach=True,
+        publish=[(f"127.0.0.1:{port}", 8080)],
+        volumes=[(str(tiny_model.parent), "/models", "ro")],
+    )
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health")
+        yield container, f"http://127.0.0.1:{port}"
+    finally:
+        container.remove(force=True)
+
+
+def test_chat_completion(server: tuple[Container, str]):
+    _, url = server
+    answer = post_json(f"{url}/v1/chat/completions",
+                       {"messages": [{"role": "user", "content": "Count from one to ten in French"}], "max_tokens": 16, "temperature": 0.6},
+                       token=API_KEY)
+    assert answer["choices"][0]["message"]["content"].strip()
+    assert answer["usage"]["completion_tokens"] > 0
+
+
+def test_completion(server: tuple[Container, str]):
+    _, url = server
+    answer = post_json(f"{url}/completion", {"prompt": "hello world", "n_predict": 8}, token=API_KEY)
+    assert answer["content"].strip() and answer["tokens_predicted"] > 0
+
+
+def test_api_key_guards_the_api_but_not_health(server: tuple[Container, str]):
+    _, url = server
+    assert status(f"{url}/health") == 200
+    assert status(f"{url}/v1/models") == 401
+
+
+def test_runs_as_non_root_and_is_healthy_by_its_own_check(server: tuple[Container, str], docker: DockerClient):
+    container, _ = server
+    assert docker.execute(container, ["id", "-u"]).strip() == "10001"
+    assert container.config.user == "10001:10001"
+    wait = 0
+    while container.state.health is None or container.state.health.status != "healthy":
+        assert wait < 60, f"HEALTHCHECK never passed: {container.state.health}"
+        wait += 1
+        __import__("time").sleep(1)
+        container.reload()
+
+
+def test_picks_a_cpu_variant_at_run_time(server: tuple[Container, str], image: str, docker: DockerClient):
+    container, _ = server
+    logs = docker.logs(container)
+    assert re.search(r"loaded CPU backend from /opt/llama\.cpp/bin/libggml-cpu-\w+\.so", logs), logs[-2000:]
+    if image.endswith("blis"):
+        assert re.search(r"loaded BLAS backend from /opt/llama\.cpp/bin/libggml-blas\.so", logs), logs[-2000:]
+
+
+def test_llama_bench_runs_inside_the_image(docker: DockerClient, image: str, tiny_model: Path):
+    out = docker.run(image, ["-m", f"/models/{tiny_model.name}", "-p", "64", "-n", "16", "-r", "1", "-o", "json"],
+                     entrypoint="llama-bench", remove=True, volumes=[(str(tiny_model.parent), "/models", "ro")])
+    results = json.loads(out[out.index("["):])
+    assert {r["n_prompt"] for r in results} == {64, 0}
+    assert all(r["avg_ts"] > 0 for r in results)
+
+
+def test_server_flags_exist_in_the_binary(docker: DockerClient, image: str):
+    help_text = docker.run(image, ["--help"], remove=True)
+    for flag in SERVER_FLAGS:
+        assert re.search(rf"(^|[\s,]){re.escape(flag)}([\s,=]|$)", help_text, re.M), f"llama-server has no {flag}"
+    # The old bare `--flash-attn` switch became `--flash-attn on|off|auto`.
+    assert re.search(r"--flash-attn \[?(on\|off\|auto|FA)", help_text), "expected --flash-attn to take a value"
+
+
+def test_other_tools_are_in_the_image(docker: DockerClient, image: str):
+    for tool in ("llama-cli", "llama-gguf-split", "llama-quantize"):
+        try:
+            docker.run(image, ["--help"], entrypoint=tool, remove=True)
+        except DockerException as e:  # some tools print usage and exit 1
+            assert "usage" in (e.stdout or "").lower() + (e.stderr or "").lower(), f"{tool}: {e}"
+
+
+def test_runtime_change_rebuilds_without_compiling(llamacpp_cpu_image: str, source_tarball: Path, backend):
+    """Editing a runtime-stage line reuses the compiled build stage from the layer cache."""
+    target = catalog.load().get("llamacpp-cpu")
+    plan = build.plan(target, {}, tags=("r1kit-test/llamacpp-cpu:runtime-edit",), source=source_tarball)
+    runtime_line = "apt-get install -y --no-install-recommends ca-certificates curl libgomp1"
+    assert plan.dockerfile.count(runtime_line) == 1
+    edited = dataclasses.replace(plan, dockerfile=plan.dockerfile.replace(runtime_line, runtime_line + " less"))
+    log = build.run(edited, backend)
+    compile_step = next(i for i, line in enumerate(log) if re.match(r"#\d+ \[build \d+/\d+\] RUN .*build-llamacpp", line))
+    step_id = log[compile_step].split()[0]
+    assert f"{step_id} CACHED" in log, "\n".join(log)
+    assert not any("Building C" in line for line in log)
+    backend.whales().run(edited.tags[0], ["-c", "command -v less"], entrypoint="/bin/sh", remove=True)

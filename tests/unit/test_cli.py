@@ -1,0 +1,68 @@
+"""The CLI contract: list, render, build --dry-run, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from conftest import builder
+
+
+def test_list_json_names_every_target_with_platforms():
+    rows = json.loads(builder("list", "--json", capture_output=True).stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert {"llamacpp-cuda", "llamacpp-cpu"} <= set(by_name)
+    assert by_name["llamacpp-cuda"]["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert by_name["llamacpp-cuda"]["options"]["blas"]["choices"] == ["none", "blis"]
+
+
+def test_render_to_stdout_and_to_a_folder(tmp_path):
+    out = builder("render", "llamacpp-cuda", "--blas", "blis", capture_output=True).stdout
+    assert out.startswith("# llama.cpp for NVIDIA GPUs (CUDA), with AMD BLIS")
+    builder("render", "llamacpp-cuda", "--blas", "blis", "-o", str(tmp_path / "out"), capture_output=True)
+    assert (tmp_path / "out" / "Dockerfile").read_text() == out
+
+
+def test_build_dry_run_prints_the_docker_command(tmp_path):
+    source = tmp_path / "llama.cpp"
+    source.mkdir()
+    out = builder("build", "llamacpp-cpu", "--source", str(source), "--build-arg", "BLIS_SOURCE=distro",
+                  "--blas", "blis", "--tag", "me/llama:1", "--dry-run", capture_output=True).stdout
+    command = shlex.split(out.splitlines()[-1])
+    assert "build" in command and command[-1] == "<context>"
+    assert command[command.index("--tag") + 1] == "me/llama:1"
+    args = [command[i + 1] for i, a in enumerate(command) if a == "--build-arg"]
+    assert args == ["LLAMACPP_SOURCE=local", "BLIS_SOURCE=distro"]
+
+
+def test_dry_run_default_tag_follows_the_scheme():
+    out = builder("build", "llamacpp-cuda", "--set", "cuda_version=13.0.2", "--dry-run", capture_output=True).stdout
+    assert "ghcr.io/r1kit/llamacpp-cuda:b" in out and "-cu13 " in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["render", "llamacpp-rocm"], "unknown target 'llamacpp-rocm'"),
+        (["render", "llamacpp-cpu", "--set", "cuda_architectures=90"], "has no option 'cuda_architectures'"),
+        (["render", "llamacpp-cpu", "--set", "blas"], "is not KEY=VALUE"),
+        (["render", "llamacpp-cpu", "--blas", "openblas"], "blas='openblas' is not one of none, blis"),
+        (["render", "llamacpp-cuda", "--set", "cuda_architectures=sm_90"], "cuda_architectures='sm_90' is malformed"),
+        (["render", "llamacpp-cuda", "--set", "cuda_architectures=90,120"], "is malformed"),
+        (["build", "llamacpp-cpu", "--platform", "linux/s390x", "--dry-run"], "does not support platform 'linux/s390x'"),
+        (["build", "llamacpp-cpu", "--source", "/no/such/llama.cpp", "--dry-run"], "--source /no/such/llama.cpp does not exist"),
+        (["build", "llamacpp-cpu", "--build-arg", "NOEQUALS", "--dry-run"], "is not KEY=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out_dir = tmp_path / "out"
+    if args[0] == "render":
+        args = [*args, "-o", str(out_dir)]
+    result = builder(*args, check=False, capture_output=True)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not out_dir.exists()
