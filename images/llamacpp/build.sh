@@ -63,7 +63,7 @@ cmake -S "$src" -B "$build" "${args[@]}"
 cmake --build "$build" --config Release -j "${JOBS:-$(nproc)}" --target "${tools[@]}"
 
 install -d "$prefix/bin"
-find "$build/bin" -maxdepth 1 -name '*.so*' -exec cp -P {} "$prefix/bin/" +
+find "$build/bin" -maxdepth 1 -name '*.so*' -exec cp -P -t "$prefix/bin/" {} +
 for tool in "${tools[@]}"; do
   install -m 0755 "$build/bin/$tool" "$prefix/bin/"
 done
