@@ -33,7 +33,8 @@ def server(docker: DockerClient, image: str, tiny_model: Path):
     port = free_port()
     container = docker.run(
         image,
-        ["-m", f"/models/{tiny_model.name}", "-c", "512", "--api-key", API_KEY, "-np", "1"],
+        # -lv 4: the line naming the CPU backend variant that was loaded is logged from this level on.
+        ["-m", f"/models/{tiny_model.name}", "-c", "512", "--api-key", API_KEY, "-np", "1", "-lv", "4"],
         detach=True,
         publish=[(f"127.0.0.1:{port}", 8080)],
         volumes=[(str(tiny_model.parent), "/models", "ro")],
