@@ -136,6 +136,14 @@ def stage_context(build: BuildPlan, into: Path) -> None:
     (top[0] if len(top) == 1 and top[0].is_dir() else into / "unpacked").rename(dest)
 
 
+def stage(build: BuildPlan, into: Path) -> None:
+    """Write the build context into a new or empty folder: `builder stage`, which the images workflow builds from."""
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise UserError(f"{into} is not an empty folder: stage the build context into a new or empty one")
+    into.mkdir(parents=True, exist_ok=True)
+    stage_context(build, into)
+
+
 def _lines(backend: Backend, cmd: list[str]) -> Iterator[str]:
     try:
         for _, raw in stream_stdout_and_stderr(cmd, env=dict(backend.env)):

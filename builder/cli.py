@@ -91,6 +91,18 @@ def render(target: str, blas: str | None, sets: tuple[str, ...], output: Path | 
 @main.command()
 @click.argument("target")
 @option_flags
+@click.option("--source", type=click.Path(path_type=Path), help="Stage this engine checkout or tarball as source/.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new or empty folder.")
+def stage(target: str, blas: str | None, sets: tuple[str, ...], source: Path | None, output: Path) -> None:
+    """Write TARGET's full build context (what `builder build` sends to BuildKit) into DIR."""
+    plan = builds.plan(catalog.load().get(target), _settings(blas, sets), source=source.resolve() if source else None)
+    builds.stage(plan, output)
+    click.echo(output, err=True)
+
+
+@main.command()
+@click.argument("target")
+@option_flags
 @click.option("--platform", "platforms", multiple=True, help="linux/amd64, linux/arm64 (repeat or comma-separate).")
 @click.option("--tag", "tags", multiple=True, help="Image reference to tag (default: the project's scheme, see README).")
 @click.option("--registry", help="Registry and owner for the default tags (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
