@@ -84,6 +84,7 @@ def plan(
     push: bool = False,
     no_cache: bool = False,
     registry: str | None = None,
+    release: str | None = None,
 ) -> BuildPlan:
     """Check every input and fix the build; nothing is written or run."""
     target.check_platforms(platforms)
@@ -98,7 +99,8 @@ def plan(
         args = {target.source_arg: "local", **args}
     if len(platforms) > 1 and not push:
         raise UserError("several --platform values need --push (a local image store holds one platform)")
-    refs = tags or tuple(image_refs(target, settings, registry))
+    # The project's tags (tags.py), the same the images workflow pushes, unless the user names their own.
+    refs = tags or tuple(image_refs(target, settings, registry, release))
     return BuildPlan(
         target=target,
         settings=dict(settings),
