@@ -185,8 +185,10 @@ def test_plan_job_takes_both_matrices_from_builder_matrix():
     spec = load(IMAGES)
     plan = spec["jobs"]["plan"]
     script = step(plan, "matrix")["run"]
-    assert 'echo "build=$(builder matrix --job build --registry "$REGISTRY" --release "$RELEASE")" >> "$GITHUB_OUTPUT"' in script
-    assert 'echo "merge=$(builder matrix --job merge --registry "$REGISTRY" --release "$RELEASE")" >> "$GITHUB_OUTPUT"' in script
+    for job in ("build", "merge"):
+        assert f'{job}=$(builder matrix --job {job} --registry "$REGISTRY" --release "$RELEASE")\n' in script
+        assert f'echo "{job}=${job}" >> "$GITHUB_OUTPUT"' in script
+    assert step(plan, "matrix")["env"]["RELEASE"] == "${{ github.ref_type == 'tag' && github.ref_name || '' }}"
     assert plan["outputs"] == {"build": "${{ steps.matrix.outputs.build }}", "merge": "${{ steps.matrix.outputs.merge }}"}
     assert spec["jobs"]["build"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.build) }}"}
     assert spec["jobs"]["merge"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.merge) }}"}
@@ -313,3 +315,38 @@ def test_schedule_and_releases_rebuild():
     on = load(IMAGES)[True]
     assert on["schedule"] and "workflow_dispatch" in on
     assert on["push"]["tags"] == ["v*.*.*"]
+
+
+def test_plan_step_script_writes_both_matrices_for_a_release(tmp_path: Path):
+    # Run the step's own shell script, as the runner would, with `builder` from this environment.
+    script = step(load(IMAGES)["jobs"]["plan"], "matrix")["run"]
+    output = tmp_path / "github_output"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "REGISTRY": "ghcr.io/R1kit",
+        "RELEASE": "v1.2.3",
+        "GITHUB_OUTPUT": str(output),
+    }
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert json.loads(outputs["build"]) == matrix("build", "--release", "v1.2.3")
+    assert json.loads(outputs["merge"]) == matrix("merge", "--release", "v1.2.3")
+
+
+def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
+    shutil.copytree(REPO / "images", tmp_path / "images")
+    spec = tmp_path / "images" / "llamacpp" / "image.yaml"
+    spec.write_text(spec.read_text().replace('- {cuda_version: "13.0.2"}', '- {cuda_version: "11.8.0"}', 1))
+    script = step(load(IMAGES)["jobs"]["plan"], "matrix")["run"]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "REGISTRY": "ghcr.io/r1kit",
+        "RELEASE": "",
+        "GITHUB_OUTPUT": str(tmp_path / "github_output"),
+        "BUILDER_ROOT": str(tmp_path),
+    }
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "11.8.0" in result.stderr
