@@ -84,6 +84,7 @@ def plan(
     push: bool = False,
     no_cache: bool = False,
     registry: str | None = None,
+    release: str | None = None,
 ) -> BuildPlan:
     """Check every input and fix the build; nothing is written or run."""
     target.check_platforms(platforms)
@@ -98,7 +99,8 @@ def plan(
         args = {target.source_arg: "local", **args}
     if len(platforms) > 1 and not push:
         raise UserError("several --platform values need --push (a local image store holds one platform)")
-    refs = tags or tuple(image_refs(target, settings, registry))
+    # The project's tags (tags.py), the same the images workflow pushes, unless the user names their own.
+    refs = tags or tuple(image_refs(target, settings, registry, release))
     return BuildPlan(
         target=target,
         settings=dict(settings),
@@ -134,6 +136,14 @@ def stage_context(build: BuildPlan, into: Path) -> None:
     top = list((into / "unpacked").iterdir())
     # A release tarball holds one top folder (llama.cpp-b1234/): its content is the source.
     (top[0] if len(top) == 1 and top[0].is_dir() else into / "unpacked").rename(dest)
+
+
+def stage(build: BuildPlan, into: Path) -> None:
+    """Write the build context into a new or empty folder: `builder stage`, which the images workflow builds from."""
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise UserError(f"{into} is not an empty folder: stage the build context into a new or empty one")
+    into.mkdir(parents=True, exist_ok=True)
+    stage_context(build, into)
 
 
 def _lines(backend: Backend, cmd: list[str]) -> Iterator[str]:

@@ -6,7 +6,7 @@ Validation happens here, once: an unknown target, option or value is rejected be
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -38,6 +38,14 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Published:
+    """One variant the images workflow builds and pushes: option settings, and the platforms to build them for."""
+
+    settings: Mapping[str, str]
+    platforms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Target:
     """One buildable image: a template, fixed parameters, options and platforms."""
 
@@ -54,6 +62,8 @@ class Target:
     source_arg: str | None = None
     # Paths of this repository (e.g. the builder package) that the build context also needs.
     repo_files: tuple[str, ...] = ()
+    # The variants CI publishes (image.yaml `publish:`); by default the default options on every platform.
+    published: tuple[Published, ...] = ()
 
     def resolve(self, settings: Mapping[str, str]) -> dict[str, str]:
         """Every option's value: the defaults, overridden by checked `settings`."""
@@ -99,6 +109,28 @@ def _options(raw: Mapping[str, Any], where: Path) -> dict[str, Option]:
     return opts
 
 
+def _published(target: Target, raw: Any, where: Path) -> tuple[Published, ...]:
+    """The `publish:` entries, each checked like the command line's options, or the defaults on every platform."""
+    if raw is None:
+        return (Published(MappingProxyType({}), target.platforms),)
+    out: list[Published] = []
+    seen: list[dict[str, str]] = []
+    for entry in raw:
+        entry = dict(entry or {})
+        platforms = tuple(entry.pop("platforms", target.platforms))
+        settings = {k: str(v) for k, v in entry.items()}
+        try:
+            resolved = target.resolve(settings)
+            target.check_platforms(platforms)
+        except UserError as e:
+            raise UserError(f"{where}: target {target.name}: publish entry {entry or '{}'}: {e}") from None
+        if resolved in seen:
+            raise UserError(f"{where}: target {target.name} publishes {settings or 'the defaults'} twice")
+        seen.append(resolved)
+        out.append(Published(MappingProxyType(settings), platforms))
+    return tuple(out)
+
+
 def load_folder(folder: Path) -> list[Target]:
     """The targets one image folder declares."""
     spec_path = folder / "image.yaml"
@@ -110,22 +142,21 @@ def load_folder(folder: Path) -> list[Target]:
         bad = [p for p in platforms if not PLATFORM.match(p)]
         if bad or not platforms:
             raise UserError(f"{spec_path}: target {name} has bad platforms {bad or platforms}")
-        targets.append(
-            Target(
-                name=name,
-                folder=folder,
-                description=t.get("description", spec.get("description", "")),
-                template=spec.get("template", "Dockerfile.j2"),
-                version=str(spec["version"]),
-                platforms=platforms,
-                params=MappingProxyType({k: str(v) for k, v in t.get("params", {}).items()}),
-                options=MappingProxyType({**shared, **_options(t.get("options", {}), spec_path)}),
-                smoke_test=tuple(spec.get("smoke_test", ())),
-                tag=t.get("tag", spec.get("tag", "{{ version }}")),
-                source_arg=spec.get("source_arg"),
-                repo_files=tuple(spec.get("repo_files", ())),
-            )
+        target = Target(
+            name=name,
+            folder=folder,
+            description=t.get("description", spec.get("description", "")),
+            template=spec.get("template", "Dockerfile.j2"),
+            version=str(spec["version"]),
+            platforms=platforms,
+            params=MappingProxyType({k: str(v) for k, v in t.get("params", {}).items()}),
+            options=MappingProxyType({**shared, **_options(t.get("options", {}), spec_path)}),
+            smoke_test=tuple(spec.get("smoke_test", ())),
+            tag=t.get("tag", spec.get("tag", "{{ version }}")),
+            source_arg=spec.get("source_arg"),
+            repo_files=tuple(spec.get("repo_files", ())),
         )
+        targets.append(replace(target, published=_published(target, t.get("publish"), spec_path)))
     return targets
 
 

@@ -1,0 +1,352 @@
+"""The GitHub workflows, checked offline: schema, zizmor, SHA pins, and that the images workflow builds the catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+IMAGES = REPO / ".github" / "workflows" / "images.yml"
+# `uses: owner/repo[/path]@<40 hex> # vX.Y.Z`: an immutable commit, and the release it is, for the reviewer and Dependabot.
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)\s*(#.*)?$")
+VERSION_COMMENT = re.compile(r"^#\s*v\d+\.\d+\.\d+\s*$")
+
+
+def tool(name: str) -> str:
+    """A command installed with the test extras, found beside this Python when PATH lacks it."""
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+def builder(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder.cli", *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_there_are_workflows():
+    assert {p.name for p in WORKFLOWS} >= {"test.yml", "images.yml", "bump.yml"}
+
+
+# --- schema ---------------------------------------------------------------------------------------------------
+
+
+def check_jsonschema(schema: str, *files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", schema, *map(str, files)], capture_output=True, text=True)
+
+
+def test_every_workflow_matches_the_github_workflow_schema():
+    result = check_jsonschema("vendor.github-workflows", *WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dependabot_config_matches_its_schema():
+    result = check_jsonschema("vendor.dependabot", REPO / ".github" / "dependabot.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    step: []\n")
+    assert check_jsonschema("vendor.github-workflows", bad).returncode != 0
+
+
+# --- zizmor -----------------------------------------------------------------------------------------------------
+
+
+def zizmor(path: Path) -> subprocess.CompletedProcess:
+    # --offline: nothing here reaches GitHub; the audits that need it (impostor commits, known-vulnerable
+    # actions) are left to Dependabot and review.
+    return subprocess.run([tool("zizmor"), "--offline", "--no-progress", str(path)], capture_output=True, text=True, cwd=REPO)
+
+
+def test_zizmor_finds_nothing():
+    result = zizmor(REPO / ".github" / "workflows")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_flags_an_unpinned_credential_leaking_workflow(tmp_path: Path):
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on: pull_request_target\npermissions: write-all\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - uses: actions/checkout@v4\n      - run: echo ${{ github.event.pull_request.title }}\n"
+    )
+    assert zizmor(bad).returncode != 0
+
+
+# --- pins -------------------------------------------------------------------------------------------------------
+
+
+def unpinned(text: str) -> list[str]:
+    """Every `uses:` of a third-party action that is not a full commit SHA with a # vX.Y.Z comment."""
+    bad = []
+    for line in text.splitlines():
+        match = USES_LINE.match(line)
+        if not match:
+            continue
+        ref, comment = match.group(1).strip("'\""), match.group(2) or ""
+        if ref.startswith("./"):
+            continue  # an action of this repository: pinned by the checkout itself
+        if ref.startswith("docker://") or not PINNED.match(ref) or not VERSION_COMMENT.match(comment):
+            bad.append(line.strip())
+    return bad
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_every_third_party_action_is_pinned_by_commit_sha(workflow: Path):
+    text = workflow.read_text()
+    assert "uses:" in text
+    assert unpinned(text) == []
+
+
+def test_every_uses_is_seen_by_the_pin_check():
+    # The line-based check must see every `uses:` the YAML holds, or it could miss one.
+    for workflow in WORKFLOWS:
+        jobs = load(workflow)["jobs"].values()
+        in_yaml = [s["uses"] for j in jobs for s in j.get("steps", []) if "uses" in s] + [j["uses"] for j in jobs if "uses" in j]
+        seen = [USES_LINE.match(l).group(1) for l in workflow.read_text().splitlines() if USES_LINE.match(l)]
+        assert sorted(in_yaml) == sorted(seen), workflow.name
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "      - uses: actions/checkout@v4",
+        "      - uses: aquasecurity/trivy-action@0.28.0",
+        "      - uses: actions/checkout@11bd719",
+        "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683",  # no version comment
+        "        uses: docker/login-action@master # v3.5.0",
+        "      - uses: docker://alpine:3",
+    ],
+)
+def test_the_pin_check_rejects(line: str):
+    assert unpinned(line) == [line.strip()]
+
+
+def test_the_pin_check_accepts_a_sha_with_its_version():
+    assert unpinned("      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2\n      - uses: ./local") == []
+
+
+# --- least privilege --------------------------------------------------------------------------------------------
+
+
+def test_workflows_grant_nothing_by_default_and_checkouts_keep_no_credentials():
+    for workflow in WORKFLOWS:
+        spec = load(workflow)
+        assert spec.get("permissions") in ({}, {"contents": "read"}), workflow.name
+        for name, job in spec["jobs"].items():
+            assert "timeout-minutes" in job, f"{workflow.name}: {name}"
+            for step in job.get("steps", []):
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step.get("with", {}).get("persist-credentials") is False, f"{workflow.name}: {name}"
+
+
+def test_images_workflow_grants_write_only_where_it_pushes_or_signs():
+    jobs = load(IMAGES)["jobs"]
+    assert jobs["plan"]["permissions"] == {"contents": "read"}
+    assert jobs["build"]["permissions"] == {"contents": "read", "packages": "write"}
+    assert jobs["merge"]["permissions"] == {"contents": "read", "packages": "write", "id-token": "write", "security-events": "write"}
+
+
+def test_test_workflow_runs_the_readme_test_command():
+    job = load(REPO / ".github" / "workflows" / "test.yml")["jobs"]["test"]
+    assert job["runs-on"] == "ubuntu-24.04"
+    assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run"]
+    assert "bash tests/run" in (REPO / ".ci" / "run").read_text()
+    assert "bash tests/run" in (REPO / "README.md").read_text()
+
+
+# --- the images workflow builds the catalog ---------------------------------------------------------------------
+
+
+def step(job: dict, name: str) -> dict:
+    return next(s for s in job["steps"] if s.get("name") == name or s.get("id") == name)
+
+
+def uses(job: dict, action: str) -> dict:
+    return next(s for s in job["steps"] if s.get("uses", "").startswith(action + "@"))
+
+
+def test_plan_job_takes_both_matrices_from_builder_matrix():
+    spec = load(IMAGES)
+    plan = spec["jobs"]["plan"]
+    script = step(plan, "matrix")["run"]
+    for job in ("build", "merge"):
+        assert f'{job}=$(builder matrix --job {job} --registry "$REGISTRY" --release "$RELEASE")\n' in script
+        assert f'echo "{job}=${job}" >> "$GITHUB_OUTPUT"' in script
+    assert step(plan, "matrix")["env"]["RELEASE"] == "${{ github.ref_type == 'tag' && github.ref_name || '' }}"
+    assert plan["outputs"] == {"build": "${{ steps.matrix.outputs.build }}", "merge": "${{ steps.matrix.outputs.merge }}"}
+    assert spec["jobs"]["build"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.build) }}"}
+    assert spec["jobs"]["merge"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.merge) }}"}
+
+
+def matrix(job: str, *extra: str, env: dict[str, str] | None = None) -> list[dict]:
+    result = builder("matrix", "--job", job, "--registry", "ghcr.io/r1kit", *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def targets(env: dict[str, str] | None = None) -> list[dict]:
+    result = builder("list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_build_matrix_covers_every_target_variant_and_platform():
+    builds = {(r["target"], r["variant"], r["platform"]) for r in matrix("build")}
+    listed = targets()
+    assert listed
+    for t in listed:
+        assert t["variants"], t["name"]
+        for v in t["variants"]:
+            for platform in v["platforms"]:
+                assert (t["name"], v["name"], platform) in builds
+        # Every platform of the target is published by at least its default variant.
+        assert {p for (name, _, p) in builds if name == t["name"]} == set(t["platforms"])
+    assert len(builds) == sum(len(v["platforms"]) for t in listed for v in t["variants"])
+
+
+def test_merge_matrix_has_one_entry_per_variant_with_its_tags():
+    merges = matrix("merge")
+    listed = targets()
+    assert {(r["target"], r["variant"]) for r in merges} == {(t["name"], v["name"]) for t in listed for v in t["variants"]}
+    for row in merges:
+        variant = next(v for t in listed if t["name"] == row["target"] for v in t["variants"] if v["name"] == row["variant"])
+        assert row["metadata_tags"].splitlines() == [f"type=raw,value={tag}" for tag in variant["tags"]]
+        assert row["image"] == f"ghcr.io/r1kit/{row['target']}"
+
+
+def test_build_matrix_uses_native_runners_and_per_platform_caches():
+    for row in matrix("build"):
+        assert row["runner"] == {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}[row["platform"]]
+        assert row["cache"] == f"ghcr.io/r1kit/{row['target']}:buildcache-{row['variant']}-{row['arch']}"
+        assert row["artifact"] == f"digest-{row['target']}-{row['variant']}-{row['arch']}"
+
+
+def test_the_shipped_variants():
+    builds = {(r["target"], r["variant"], r["arch"]) for r in matrix("build")}
+    assert builds >= {
+        ("llamacpp-cuda", "cu12", "amd64"),
+        ("llamacpp-cuda", "cu12", "arm64"),
+        ("llamacpp-cuda", "cu13", "amd64"),
+        ("llamacpp-cuda", "cu13", "arm64"),
+        ("llamacpp-cuda", "cu12-blis", "amd64"),
+        ("llamacpp-cuda", "cu13-blis", "amd64"),
+        ("llamacpp-cpu", "default", "amd64"),
+        ("llamacpp-cpu", "default", "arm64"),
+        ("llamacpp-cpu", "blis", "amd64"),
+    }
+    # AMD's BLIS is built for Zen: no arm64 BLIS images.
+    assert not any(v.endswith("blis") and a == "arm64" for (_, v, a) in builds)
+
+
+def test_a_new_image_folder_joins_the_matrix_with_no_workflow_edit(tmp_path: Path):
+    shutil.copytree(REPO / "images", tmp_path / "images")
+    (tmp_path / "images" / "toy").mkdir()
+    (tmp_path / "images" / "toy" / "Dockerfile.j2").write_text("FROM scratch\n")
+    (tmp_path / "images" / "toy" / "image.yaml").write_text(
+        "version: '1.0'\ntargets:\n  toy-cpu:\n    platforms: [linux/arm64]\n"
+    )
+    env = {"BUILDER_ROOT": str(tmp_path)}
+    assert ("toy-cpu", "default", "linux/arm64", "ubuntu-24.04-arm") in {
+        (r["target"], r["variant"], r["platform"], r["runner"]) for r in matrix("build", env=env)
+    }
+    assert any(r["target"] == "toy-cpu" and "type=raw,value=latest" in r["metadata_tags"] for r in matrix("merge", env=env))
+
+
+def test_release_tags_reach_the_matrix():
+    rows = matrix("merge", "--release", "v0.2.0")
+    cuda = next(r for r in rows if r["target"] == "llamacpp-cuda" and r["variant"] == "cu12")
+    assert cuda["metadata_tags"].splitlines()[-1].startswith("type=raw,value=b")
+    assert cuda["metadata_tags"].splitlines()[-1].endswith("-cu12-r1kit0.2.0")
+
+
+def test_build_job_builds_the_staged_context_of_its_matrix_entry():
+    build = load(IMAGES)["jobs"]["build"]
+    assert build["runs-on"] == "${{ matrix.runner }}"
+    stage = step(build, "Stage the build context")
+    assert stage["env"] == {"TARGET": "${{ matrix.target }}", "VARIANT": "${{ matrix.variant }}"}
+    assert 'builder" stage "$TARGET" --variant "$VARIANT" --output "$RUNNER_TEMP/context"' in stage["run"]
+    push = uses(build, "docker/build-push-action")["with"]
+    assert push["context"] == "${{ runner.temp }}/context"
+    assert push["platforms"] == "${{ matrix.platform }}"
+    assert push["provenance"] == "mode=max" and push["sbom"] is True
+    assert push["outputs"] == "type=image,push-by-digest=true,name-canonical=true,push=${{ github.event_name != 'pull_request' }}"
+    assert push["cache-from"] == "type=registry,ref=${{ matrix.cache }}"
+    assert "mode=max" in push["cache-to"] and "pull_request" in push["cache-to"]
+    assert "setup-qemu" not in IMAGES.read_text()
+    free = step(build, "Free disk space")
+    assert build["steps"].index(free) == 0 and "/usr/share/dotnet" in free["run"]
+
+
+def test_pull_requests_neither_log_in_nor_push_nor_merge():
+    spec = load(IMAGES)
+    assert "pull_request" in spec[True]  # PyYAML reads the `on:` key as True
+    for name in ("Log in to GHCR", "Export the digest", "Upload the digest"):
+        assert step(spec["jobs"]["build"], name)["if"] == "github.event_name != 'pull_request'"
+    assert spec["jobs"]["merge"]["if"] == "github.event_name != 'pull_request'"
+
+
+def test_merge_job_tags_signs_and_scans_the_pushed_digest():
+    merge = load(IMAGES)["jobs"]["merge"]
+    assert uses(merge, "actions/download-artifact")["with"]["pattern"] == "${{ matrix.artifact_pattern }}"
+    assert "docker buildx imagetools create" in step(merge, "index")["run"]
+    assert uses(merge, "docker/metadata-action")["with"]["tags"] == "${{ matrix.metadata_tags }}"
+    assert step(merge, "Sign the digest (keyless)")["run"] == 'cosign sign --yes "$IMAGE@$DIGEST"'
+    assert uses(merge, "aquasecurity/trivy-action")["with"]["image-ref"] == "${{ matrix.image }}@${{ steps.index.outputs.digest }}"
+    assert uses(merge, "github/codeql-action/upload-sarif")
+
+
+def test_schedule_and_releases_rebuild():
+    on = load(IMAGES)[True]
+    assert on["schedule"] and "workflow_dispatch" in on
+    assert on["push"]["tags"] == ["v*.*.*"]
+
+
+def test_plan_step_script_writes_both_matrices_for_a_release(tmp_path: Path):
+    # Run the step's own shell script, as the runner would, with `builder` from this environment.
+    script = step(load(IMAGES)["jobs"]["plan"], "matrix")["run"]
+    output = tmp_path / "github_output"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "REGISTRY": "ghcr.io/R1kit",
+        "RELEASE": "v1.2.3",
+        "GITHUB_OUTPUT": str(output),
+    }
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert json.loads(outputs["build"]) == matrix("build", "--release", "v1.2.3")
+    assert json.loads(outputs["merge"]) == matrix("merge", "--release", "v1.2.3")
+
+
+def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
+    shutil.copytree(REPO / "images", tmp_path / "images")
+    spec = tmp_path / "images" / "llamacpp" / "image.yaml"
+    spec.write_text(spec.read_text().replace('- {cuda_version: "13.0.2"}', '- {cuda_version: "11.8.0"}', 1))
+    script = step(load(IMAGES)["jobs"]["plan"], "matrix")["run"]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "REGISTRY": "ghcr.io/r1kit",
+        "RELEASE": "",
+        "GITHUB_OUTPUT": str(tmp_path / "github_output"),
+        "BUILDER_ROOT": str(tmp_path),
+    }
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "11.8.0" in result.stderr
