@@ -6,6 +6,7 @@
 # llama-bench pp512/tg128. Everything it learns lands in OUT_DIR; docs/PERFORMANCE.md quotes it.
 #
 # usage, from the repository root on the GPU machine: bash tests/gpu/llamacpp.sh LLAMA_CPP_TARBALL OUT_DIR
+# (WORK_DIR, default /tmp/r1kit-gpu, holds the build; a rerun with the same tarball skips the compile.)
 # (CUDA_ARCHITECTURES defaults to this GPU's, to keep the build short; the image builds 80;86;89;90;100;120.)
 set -euo pipefail
 
@@ -13,17 +14,25 @@ tarball=${1:?usage: llamacpp.sh LLAMA_CPP_TARBALL OUT_DIR}
 out=$(mkdir -p "${2:?usage: llamacpp.sh LLAMA_CPP_TARBALL OUT_DIR}" && cd "$2" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${WORK_DIR:-/tmp/r1kit-gpu}
-rm -rf "$work" && mkdir -p "$work/src"
-tar -xzf "$tarball" -C "$work/src" --strip-components=1
+# A finished build of the same tarball is reused, so that a second call on a warm machine skips the compile.
+stamp=$(sha256sum "$tarball" | cut -d' ' -f1)
+if [ "$(cat "$work/built-from" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$work" && mkdir -p "$work/src"
+  tar -xzf "$tarball" -C "$work/src" --strip-components=1
+fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader | tee "$out/gpu.txt"
 arch=${CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
 echo "nvcc: $(nvcc --version | tail -1); cmake: $(cmake --version | head -1); cores: $(nproc)" | tee "$out/toolchain.txt"
 
-start=$(date +%s)
-ACCELERATOR=cuda CUDA_ARCHITECTURES=$arch JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1 \
-  || { tail -40 "$out/build.log"; exit 1; }
-echo "build (CUDA_ARCHITECTURES=$arch, every CPU variant): $(( $(date +%s) - start )) s" | tee -a "$out/toolchain.txt"
+if [ ! -e "$work/built-from" ]; then
+  start=$(date +%s)
+  ACCELERATOR=cuda CUDA_ARCHITECTURES=$arch JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1 \
+    || { tail -40 "$out/build.log"; exit 1; }
+  echo "build (CUDA_ARCHITECTURES=$arch, every CPU variant): $(( $(date +%s) - start )) s" | tee "$work/build-time.txt"
+  echo "$stamp" > "$work/built-from"
+fi
+cat "$work/build-time.txt" >> "$out/toolchain.txt"
 bin=$work/prefix/bin
 
 # A 1.1B llama-architecture model with random weights (TinyLlama's shape), then Q4_0 with the image's quantizer.
@@ -36,7 +45,7 @@ write_tiny_model(Path('$work/model-f16.gguf'), n_embd=2048, n_layer=22, n_head=3
 # Serve with the stacks' flags: every layer on the GPU, layer split over one GPU, flash attention, an API key.
 server_flags=(-m "$work/model-q4_0.gguf" -ngl 99 --split-mode layer --tensor-split 1 --flash-attn on -c 4096
   --api-key gpu-test-key --host 127.0.0.1 --port 8090)
-echo "llama-server ${server_flags[*]}" > "$out/server-flags.txt"
+echo "llama-server ${server_flags[*]}" | tee "$out/server-flags.txt"
 "$bin/llama-server" "${server_flags[@]}" > "$out/server.log" 2>&1 &
 server=$!
 PYTHONPATH="$repo/tests" python3 - "$out" <<'PY'
