@@ -119,5 +119,5 @@ def hub_env(local_hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     """An environment for `builder download` against the local Hub: no token, a private HF_HOME, nothing inherited
     that could reach the real Hub."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN_PATH="")
+    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
     return env
