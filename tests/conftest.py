@@ -19,6 +19,7 @@ from support.tiny_gguf import write_tiny_model
 # Tags of the images the suite builds; the stack tests run these too.
 LLAMACPP_CPU = "r1kit-test/llamacpp-cpu:test"
 LLAMACPP_CPU_BLIS = "r1kit-test/llamacpp-cpu:test-blis"
+MODEL_INIT = "r1kit-test/model-init:test"
 
 
 def builder(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -70,6 +71,13 @@ def llamacpp_cpu_image(base_image: str, source_tarball: Path) -> str:
 def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
     # AMD's BLIS source is on GitHub only: the suite links the distribution's BLIS through the same FLAME path.
     return _build(LLAMACPP_CPU_BLIS, source_tarball, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
+
+
+@pytest.fixture(scope="session")
+def model_init_image(llamacpp_cpu_image: str) -> str:
+    """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
+    builder("build", "model-init", "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
+    return MODEL_INIT
 
 
 # --- the local Hub ------------------------------------------------------------------------------------------------
