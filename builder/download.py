@@ -343,6 +343,14 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
     verified: dict = state.get("files", {}) if state.get("commit") == p.commit else {}
     headers = build_hf_headers(token=token or False)
     progress.start(p.total, len(p.files))
+    try:
+        _fetch_all(p, token, progress, headers, verified, state_path, verify)
+    finally:  # stop the live bars on errors and Ctrl-C too, so the terminal is left clean
+        progress.close()
+    atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
+
+
+def _fetch_all(p: Plan, token: str | None, progress: DownloadProgress, headers: dict[str, str], verified: dict, state_path: Path, verify: bool) -> None:
     for index, f in enumerate(p.files, 1):
         target = p.dest / f.path
         progress.file_start(index, f.path, f.size)
@@ -369,8 +377,6 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
             # Recorded file by file: after a crash the next run re-hashes none of the files already verified.
             atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
         progress.file_done()
-    atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
-    progress.close()
 
 
 def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
