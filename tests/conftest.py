@@ -74,9 +74,20 @@ def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def model_init_image(llamacpp_cpu_image: str) -> str:
+def builder_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of the builder package's dependencies (and setuptools, to build it), made on the host: containers here
+    cannot verify PyPI's TLS certificate (an intercepting proxy whose CA only the host trusts)."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(folder), str(REPO)], check=True)
+    subprocess.run([*pip, "download", "--only-binary", ":all:", "--dest", str(folder), "setuptools>=69"], check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_init_image(llamacpp_cpu_image: str, builder_wheelhouse: Path) -> str:
     """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
-    builder("build", "model-init", "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
+    builder("build", "model-init", "--source", str(builder_wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
     return MODEL_INIT
 
 
