@@ -68,7 +68,7 @@ def chat_input(page: Page) -> Locator:
 
 
 def choose_model(page: Page, model_id: str) -> None:
-    """Pick `model_id` in the model selector at the top of a chat."""
+    """Pick `model_id` in the model selector (inside the chat input box since Open WebUI 0.12)."""
     page.locator('button[id^="model-selector-"][id$="-button"]').first.click()
     page.locator("#model-search-input").fill(model_id)
     page.locator(f'[role="option"][data-value="{model_id}"]').click()
