@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -9,10 +10,13 @@ from pathlib import Path
 import click
 
 from builder import build as builds
-from builder import catalog, ci, docker
+from builder import catalog, ci, docker, models
+from builder import download as downloads
+from builder import modelfile as modelfiles
 from builder import tags as tagging
 from builder.catalog import Target
 from builder.errors import UserError
+from builder.progress import DownloadProgress, human
 from builder.render import render as render_dockerfile
 
 
@@ -189,6 +193,90 @@ def tags(target: str, variant: str | None, blas: str | None, sets: tuple[str, ..
 def matrix(job: str, registry: str | None, release: str | None) -> None:
     """Print the images workflow's matrix include list for JOB as one line of JSON."""
     click.echo(json.dumps(ci.matrix(catalog.load(), job, registry, release), separators=(",", ":")))
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as a JSON array.")
+def list_models(as_json: bool) -> None:
+    """The model catalog: what `builder download NAME` fetches."""
+    cat = models.load()
+    rows = [{**dataclasses.asdict(m), "default": m.name == cat.default} for m in cat.models.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for m in cat.models.values():
+        size = f"~{m.approx_size_gb:g} GB" if m.approx_size_gb else "?"
+        shards = f"{m.shards} files" if m.shards else "1 file"
+        mark = " (default)" if m.name == cat.default else ""
+        click.echo(f"{m.name:<22} {size:>10} {shards:>9}  {m.format:<11} {','.join(m.engines):<30} {m.description}{mark}")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default="models", show_default=True, envvar="BUILDER_MODELS_DIR",
+              help="Folder the files land in, as DEST/<path in the repo> ($BUILDER_MODELS_DIR).")
+@click.option("--include", "include", multiple=True, metavar="GLOB", help="Files of the repo to fetch (repeat); replaces a catalog entry's patterns.")
+@click.option("--revision", help="Branch, tag or commit of the repo (default: the catalog's, or main).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, destination, free space) and fetch nothing.")
+@click.option("--verify", is_flag=True, help="Hash every file again, even those a previous run verified.")
+@click.option("--merge", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.gguf", help="Also join the shards into one file (llama-gguf-split).")
+@click.option("--modelfile", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write an Ollama Modelfile.")
+@click.option("--num-ctx", type=click.IntRange(min=512), default=8192, show_default=True, help="The Modelfile's context length.")
+@click.option("--num-gpu", help="The Modelfile's layers on the GPU: a number, or auto to let ollama decide (default: every layer where the catalog knows the count).")
+@click.option("--path-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Also write the engine's model path to FILE.")
+def download(model: str | None, dest: Path, include: tuple[str, ...], revision: str | None, dry_run: bool, verify: bool,
+             merge: Path | None, modelfile: Path | None, num_ctx: int, num_gpu: str | None, path_file: Path | None) -> None:
+    """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
+    into DEST, resumably and verified; print the path the engine loads."""
+    selection = models.resolve(model or models.load().default, include, revision)
+    gpu_layers = _num_gpu(num_gpu, selection)
+    if modelfile and selection.model and selection.model.format != "gguf":
+        raise UserError(f"--modelfile is for GGUF models; {selection.label} is {selection.model.format}")
+    progress = DownloadProgress()
+    dest = dest.resolve()
+    engine = None if (verify or dry_run) else downloads.done(selection, dest)
+    if engine is not None:
+        progress.note(f"{selection.label}: already downloaded and verified in {dest}")
+    else:
+        token = downloads.read_token()
+        plan = downloads.plan(selection, dest, token, merge=merge)
+        if dry_run:
+            click.echo("\n".join(downloads.describe(plan)))
+            return
+        sharded = len(plan.gguf_files) > 1
+        if modelfile and (plan.format != "gguf" or (sharded and merge is None)):
+            raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards" if sharded else "--modelfile is for GGUF models")
+        for line in downloads.describe(plan):
+            progress.note(line)
+        downloads.fetch(plan, token, progress, verify=verify)
+        engine = plan.engine_path
+    if merge is not None:
+        if engine.suffix != ".gguf":
+            raise UserError("--merge is for GGUF models")
+        engine = downloads.merge(engine, merge, progress.note)
+    if modelfile is not None:
+        if downloads.SHARD.match(engine.name) and merge is None:
+            raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
+        template = selection.model.template if selection.model else None
+        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=num_ctx, num_gpu=gpu_layers)
+        downloads.atomic_write(modelfile.resolve(), text)
+        progress.note(f"wrote {modelfile}")
+    if path_file is not None:
+        downloads.atomic_write(path_file.resolve(), f"{engine}\n")
+    progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
+    click.echo(str(engine))
+
+
+def _num_gpu(value: str | None, selection: models.Selection) -> int | None:
+    if value is None:
+        # Every layer: the blocks plus the output layer, which ollama counts as one more.
+        layers = selection.model.layers if selection.model else None
+        return layers + 1 if layers else None
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise UserError(f"--num-gpu {value!r} is not a number of layers or auto")
+    return int(value)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Shared fixtures: the Docker engine, local base images, llama.cpp's source, a tiny GGUF, built images."""
+"""Shared fixtures: the Docker engine, local base images, llama.cpp's source, a tiny GGUF, built images, the local Hub."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from python_on_whales import DockerClient
 
 from builder.docker import Backend, find_backend
 from support.prerequisites import REPO, ensure_base_image, llamacpp_source
+from support.local_hub import LocalHub
 from support.tiny_gguf import write_tiny_model
 
 # Tags of the images the suite builds; the stack tests run these too.
@@ -67,3 +70,54 @@ def llamacpp_cpu_image(base_image: str, source_tarball: Path) -> str:
 def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
     # AMD's BLIS source is on GitHub only: the suite links the distribution's BLIS through the same FLAME path.
     return _build(LLAMACPP_CPU_BLIS, source_tarball, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
+
+
+# --- the local Hub ------------------------------------------------------------------------------------------------
+
+# Repos the local Hub serves, named like the real ones so that catalog names resolve against it:
+# `builder download r1-671b-ud-iq1_s` fetches three tiny shards, `r1-distill-qwen-1.5b` (the stacks' default) one tiny
+# file. The models are random-weight llama models that llama.cpp loads (tests/support/tiny_gguf.py).
+R1_REPO = "unsloth/DeepSeek-R1-GGUF"
+R1_IQ1_S = "DeepSeek-R1-UD-IQ1_S"
+DISTILL_REPO = "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF"
+DISTILL_FILE = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+GATED_REPO = "r1kit-test/gated-GGUF"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def populate_hub(hub: LocalHub, work: Path) -> None:
+    r1 = work / "r1"
+    write_tiny_model(r1 / R1_IQ1_S / f"{R1_IQ1_S}.gguf", split_max_tensors=8, seed=1)  # 3 shards
+    write_tiny_model(r1 / "DeepSeek-R1-Q4_K_M" / "DeepSeek-R1-Q4_K_M.gguf", split_max_tensors=12, seed=2)  # 2 shards
+    (r1 / "README.md").write_text("# DeepSeek-R1 GGUF (a synthetic stand-in served by the r1kit test suite)\n")
+    (r1 / "config.json").write_text('{"model_type": "deepseek_v3"}\n')
+    hub.add_repo(R1_REPO, _files(r1))
+    distill = work / "distill"
+    write_tiny_model(distill / DISTILL_FILE, seed=3)
+    write_tiny_model(distill / "DeepSeek-R1-Distill-Qwen-1.5B-Q8_0.gguf", seed=4)
+    (distill / "README.md").write_text("# a synthetic distill\n")
+    hub.add_repo(DISTILL_REPO, _files(distill))
+    gated = work / "gated"
+    write_tiny_model(gated / "tiny-Q4_K_M.gguf", seed=5)
+    hub.add_repo(GATED_REPO, _files(gated), gated=True)
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    """The local Hub on 127.0.0.1 (a container with network_mode=host reaches it there too), serving the synthetic
+    repos above. Point HF_ENDPOINT at local_hub.url (see `hub_env`)."""
+    with LocalHub(os.environ.get("R1KIT_TEST_HUB_HOST", "127.0.0.1")) as hub:
+        populate_hub(hub, tmp_path_factory.mktemp("hub"))
+        yield hub
+
+
+@pytest.fixture()
+def hub_env(local_hub: LocalHub, tmp_path: Path) -> dict[str, str]:
+    """An environment for `builder download` against the local Hub: no token, a private HF_HOME, nothing inherited
+    that could reach the real Hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN_PATH="")
+    return env

@@ -35,15 +35,18 @@ def write_tiny_model(
     n_vocab: int = 0,
     f16: bool = False,
     seed: int = 0,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Write the model to `path` (a single GGUF file) and return it. The defaults make a 0.5 MB model;
-    n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000, f16=True a 1.1B one."""
+    n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000, f16=True a 1.1B one.
+    split_max_tensors=N writes shards of at most N tensors instead, named as llama.cpp names them
+    (`NAME-00001-of-00003.gguf`, with the split.* keys llama.cpp reads), and returns the first."""
     rng = np.random.default_rng(seed)
     dtype = np.float16 if f16 else np.float32
     tokens, scores, types = vocabulary(n_vocab)
     n_vocab = len(tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     w.add_name("tiny-test-llama")
     w.add_context_length(512)
     w.add_embedding_length(n_embd)
@@ -83,4 +86,5 @@ def write_tiny_model(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    shards = sorted(path.parent.glob(f"{path.stem}-*-of-*{path.suffix}"))
+    return shards[0] if split_max_tensors and shards else path

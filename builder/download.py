@@ -1,0 +1,406 @@
+"""`builder download`: preflight, resumable fetch, verification and a done marker for a selection of Hub files.
+
+Files land at DEST/<path in repo>, the layout of huggingface_hub's `local_dir`. The bytes are fetched here rather
+than with `hf_hub_download`: huggingface_hub 2.x writes each attempt to a process-unique temporary file and deletes
+it when the process fails, so a download killed at 90% (a container stopped, a host rebooted) would start over.
+Here a partial file keeps a stable name under DEST/.r1kit/partial/ and the next run asks for the rest (HTTP Range).
+The Hub API (repo info, file listing, errors, headers, token) is still huggingface_hub's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx2
+import huggingface_hub
+from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+from builder.errors import UserError
+from builder.models import Selection, describe_files
+from builder.progress import DownloadProgress, human
+
+GIB = 1024**3
+MARGIN_FRACTION = 0.05  # free-space margin: 5% of what is still to fetch, plus 1 GiB for logs and metadata
+MARGIN_FIXED = GIB
+DEFAULT_TOKEN_PATH = Path("/run/secrets/hf_token")  # where compose mounts a `secrets: [hf_token]`
+TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose secret), and accept the model's terms on its Hub page"
+STATE_DIR = ".r1kit"
+SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+CHUNK = 1024 * 1024
+RETRIES = 5  # consecutive failed attempts (no byte received) before giving up
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # the LFS oid; small non-LFS files are checked by size only
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The preflight's result: what to fetch, where, and whether it fits. Nothing is written to make it."""
+
+    selection: Selection
+    endpoint: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+    dest: Path
+    engine_path: Path  # what the engine loads: the first shard, the single .gguf, or DEST for safetensors
+    format: str
+    to_fetch: int  # bytes still missing (complete files and partial downloads accounted for)
+    extra: int  # bytes the merge will write
+    free: int
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def gguf_files(self) -> tuple[RemoteFile, ...]:
+        return tuple(f for f in self.files if f.path.endswith(".gguf"))
+
+
+# --- token -------------------------------------------------------------------------------------------------------
+
+
+def read_token(env: dict[str, str] | None = None) -> str | None:
+    """HF_TOKEN, else the file HF_TOKEN_PATH names (default: a compose secret at /run/secrets/hf_token). An empty
+    value means no token (compose writes an empty secret from an unset variable)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("HF_TOKEN", "").strip():
+        return env["HF_TOKEN"].strip()
+    path = Path(env["HF_TOKEN_PATH"]) if env.get("HF_TOKEN_PATH") else DEFAULT_TOKEN_PATH
+    if env.get("HF_TOKEN_PATH") and not path.is_file():
+        raise UserError(f"HF_TOKEN_PATH names {path}, which is not a readable file")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        # Last, a token stored by `hf auth login` on this host (HF_HOME/token).
+        return huggingface_hub.get_token() or None
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+@contextmanager
+def hub_errors(selection: Selection, token: str | None) -> Iterator[None]:
+    """huggingface_hub's and the network's exceptions as one-line UserErrors. Never includes the token."""
+    where = endpoint()
+    try:
+        yield
+    except GatedRepoError:
+        raise UserError(f"{selection.repo} is gated: {TOKEN_HINT}") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{selection.repo} has no revision {selection.revision!r}") from None
+    except RepositoryNotFoundError:
+        hint = "" if token else f" (if it is private or gated: {TOKEN_HINT})"
+        raise UserError(f"no repository {selection.repo} at {where}: check the name{hint}") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        if status in (401, 403):
+            raise UserError(f"{where} refused access to {selection.repo} (HTTP {status}): {TOKEN_HINT}") from None
+        raise UserError(f"{where} answered HTTP {status} for {selection.repo}; try again later") from None
+    except httpx2.TransportError as e:
+        raise UserError(f"cannot reach {where} ({type(e).__name__}: {e}); check the network, or set HF_ENDPOINT to a mirror") from None
+
+
+# --- local state: partial files, verified files, the done marker ---------------------------------------------------
+
+
+def _state_path(dest: Path, selection: Selection) -> Path:
+    key = json.dumps([selection.repo, selection.revision, sorted(selection.include), selection.quant])
+    return dest / STATE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _partial_path(dest: Path, f: RemoteFile) -> Path:
+    # Keyed by content (sha256, else size) so that a changed upstream file never resumes from stale bytes.
+    tag = (f.sha256 or f"size{f.size}")[:16]
+    return dest / STATE_DIR / "partial" / f"{f.path.replace('/', '__')}.{tag}.part"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)  # readable by the engines' users, like the model files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def done(selection: Selection, dest: Path) -> Path | None:
+    """The engine path if a previous run finished this selection and no file changed since (size and mtime): a
+    restart is then instant and needs no network. None otherwise."""
+    state = _read_state(_state_path(dest, selection))
+    if not state.get("complete"):
+        return None
+    for path, record in state["files"].items():
+        if _stat_key(dest / path) != record["stat"]:
+            return None
+    return dest / state["engine_path"]
+
+
+# --- preflight -----------------------------------------------------------------------------------------------------
+
+
+def _engine_path(selection: Selection, files: list[RemoteFile], dest: Path, fmt: str) -> Path:
+    if fmt != "gguf":
+        return dest
+    # mmproj files are vision projectors, loaded beside a model, never as the model.
+    models: dict[str, list[tuple[int, int, str]]] = {}
+    for f in files:
+        if not f.path.endswith(".gguf") or "mmproj" in f.path.lower():
+            continue
+        m = SHARD.match(f.path)
+        if m:
+            models.setdefault(m["stem"], []).append((int(m["index"]), int(m["count"]), f.path))
+        else:
+            models[f.path] = [(1, 1, f.path)]
+    if len(models) != 1:
+        names = ", ".join(sorted(Path(k).name for k in models)[:10])
+        raise UserError(f"{len(models)} GGUF models of {selection.repo} match ({names}): pick one with {selection.repo}:QUANT or a narrower --include")
+    (stem, shards), = models.items()
+    count = shards[0][1]
+    if sorted(i for i, _, _ in shards) != list(range(1, count + 1)):
+        raise UserError(f"{stem}: {len(shards)} of its {count} shards match; include them all")
+    return dest / min(shards)[2]
+
+
+def _listing(api: HfApi, selection: Selection, commit: str) -> list[RemoteFile]:
+    entries = api.list_repo_tree(selection.repo, revision=commit, recursive=True)
+    return [RemoteFile(e.path, e.lfs.size if e.lfs else e.size, e.lfs.sha256 if e.lfs else None) for e in entries if isinstance(e, RepoFile)]
+
+
+def _free_space(dest: Path) -> int:
+    probe = dest
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
+    target = dest / f.path
+    if f.path in verified and _stat_key(target) == verified[f.path]["stat"]:
+        return 0
+    if target.is_file() and target.stat().st_size == f.size:
+        return 0  # present: verified (and fetched again only if corrupt) during the download
+    part = _partial_path(dest, f)
+    have = part.stat().st_size if part.is_file() else 0
+    return max(f.size - have, 0)
+
+
+def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None) -> Plan:
+    """List the files and sizes, check that they fit: the preflight. Fetches no model byte, writes nothing."""
+    dest = dest.resolve()
+    api = HfApi(endpoint=endpoint(), token=token or False)
+    with hub_errors(selection, token):
+        info = api.model_info(selection.repo, revision=selection.revision)
+        if info.gated and not token:
+            raise UserError(f"{selection.repo} is gated and no token is set: {TOKEN_HINT}")
+        commit = info.sha or selection.revision
+        listing = _listing(api, selection, commit)
+    files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
+    if not files:
+        what = f"quant {selection.quant!r}" if selection.quant else f"--include {' '.join(selection.include)}"
+        raise UserError(f"nothing in {selection.repo} matches {what}; it has: {describe_files(f.path for f in listing)}")
+    fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
+    engine = _engine_path(selection, files, dest, fmt)
+    verified = _read_state(_state_path(dest, selection)).get("files", {})
+    to_fetch = sum(_missing_bytes(dest, f, verified) for f in files)
+    extra = 0
+    if merge is not None and not merge.exists():
+        extra = sum(f.size for f in files if f.path.endswith(".gguf"))
+    free = _free_space(dest)
+    p = Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
+    needed = p.to_fetch + p.extra
+    margin = int(needed * MARGIN_FRACTION) + MARGIN_FIXED if needed else 0
+    if needed + margin > free:
+        raise UserError(
+            f"not enough space in {dest}: {selection.label} needs {human(needed)} more (+ {human(margin)} margin), "
+            f"{human(free)} is free; free some space or choose another --dest"
+        )
+    return p
+
+
+def describe(p: Plan) -> list[str]:
+    """The plan as text: one line per file, then the totals (what --dry-run prints, and the log's preflight)."""
+    lines = [f"{p.selection.label}: {p.selection.repo} @ {p.commit[:12]} from {p.endpoint}"]
+    lines += [f"  {human(f.size):>10}  {f.path}" for f in p.files]
+    lines.append(f"  {human(p.total):>10}  total in {len(p.files)} file(s); {human(p.to_fetch)} to fetch" + (f", {human(p.extra)} to merge" if p.extra else ""))
+    lines.append(f"destination {p.dest} ({human(p.free)} free)")
+    return lines
+
+
+# --- fetch and verify ----------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK * 8):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _intact(path: Path, f: RemoteFile) -> bool:
+    return path.is_file() and path.stat().st_size == f.size and (f.sha256 is None or sha256_of(path) == f.sha256)
+
+
+def _fetch(url: str, headers: dict[str, str], part: Path, f: RemoteFile, progress: DownloadProgress) -> None:
+    """Bring `part` to f.size bytes, resuming from what it holds. Retries dropped connections and 5xx."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        if have > f.size:
+            part.unlink()
+            have = 0
+        progress.file_bytes(have)
+        if have == f.size:
+            return
+        request = dict(headers, **({"Range": f"bytes={have}-"} if have else {}))
+        got = 0
+        try:
+            with get_session().stream("GET", url, headers=request, follow_redirects=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+                if r.status_code == 416:  # the partial file does not fit the remote one: start over
+                    part.unlink()
+                    continue
+                if r.status_code >= 500 or r.status_code == 429:
+                    raise httpx2.RemoteProtocolError(f"HTTP {r.status_code}")
+                hf_raise_for_status(r)
+                if have and r.status_code != 206:
+                    have = 0  # the server ignored the Range header: it sends the whole file
+                with part.open("r+b" if have else "wb") as out:
+                    out.seek(have)
+                    for chunk in r.iter_bytes(CHUNK):
+                        out.write(chunk)
+                        got += len(chunk)
+                        progress.advance(len(chunk))
+        except httpx2.TransportError as e:
+            failures = 0 if got else failures + 1
+            if failures >= RETRIES:
+                raise UserError(f"{f.path}: the download failed {RETRIES} times in a row ({type(e).__name__}); run the same command again to resume") from None
+            progress.note(f"{f.path}: connection lost after {human(have + got)} ({type(e).__name__}), resuming")
+            time.sleep(min(2 ** failures, 30))
+
+
+def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: bool = False) -> None:
+    """Fetch every file not yet complete, verify each (sha256 or size), record it, then write the done marker."""
+    state_path = _state_path(p.dest, p.selection)
+    state = _read_state(state_path)
+    verified: dict = state.get("files", {}) if state.get("commit") == p.commit else {}
+    headers = build_hf_headers(token=token or False)
+    progress.start(p.total, len(p.files))
+    for index, f in enumerate(p.files, 1):
+        target = p.dest / f.path
+        progress.file_start(index, f.path, f.size)
+        trusted = not verify and f.path in verified and _stat_key(target) == verified[f.path]["stat"]
+        if not trusted:
+            if target.exists():
+                progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
+                if not _intact(target, f):
+                    progress.note(f"{f.path} is corrupt or incomplete (sha256 or size differs from the Hub's): fetching it again")
+                    target.unlink()
+            if not target.exists():
+                part = _partial_path(p.dest, f)
+                url = hf_hub_url(p.selection.repo, f.path, revision=p.commit, endpoint=p.endpoint)
+                with hub_errors(p.selection, token):
+                    _fetch(url, headers, part, f, progress)
+                progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
+                if not _intact(part, f):
+                    part.unlink()
+                    raise UserError(f"{f.path}: the downloaded file does not match the Hub's sha256; run the same command again to fetch it anew")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part.chmod(0o644)
+                os.replace(part, target)
+            verified[f.path] = {"size": f.size, "sha256": f.sha256, "stat": _stat_key(target)}
+            # Recorded file by file: after a crash the next run re-hashes none of the files already verified.
+            atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
+        progress.file_done()
+    atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
+    progress.close()
+
+
+def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
+    return {
+        "repo": p.selection.repo,
+        "revision": p.selection.revision,
+        "commit": p.commit,
+        "include": list(p.selection.include),
+        "quant": p.selection.quant,
+        "engine_path": str(p.engine_path.relative_to(p.dest)),
+        "files": {path: verified[path] for path in sorted(verified) if path in {f.path for f in p.files}},
+        "complete": complete,
+    }
+
+
+# --- merge ---------------------------------------------------------------------------------------------------------
+
+
+def merge(first_shard: Path, out: Path, progress_note=print) -> Path:
+    """Join a GGUF shard set into one file with llama.cpp's llama-gguf-split; a single file is linked or copied."""
+    out = out.resolve()
+    shards = sorted(first_shard.parent.glob(SHARD.sub(lambda m: f"{m['stem']}-*-of-{m['count']}.gguf", first_shard.name)))
+    newest = max(s.stat().st_mtime_ns for s in shards) if shards else first_shard.stat().st_mtime_ns
+    if out.is_file() and out.stat().st_mtime_ns >= newest:
+        return out  # merged by an earlier run (written under a temp name, so never half-written)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        if not SHARD.match(first_shard.name):
+            shutil.copyfile(first_shard, tmp)
+        else:
+            tool = shutil.which("llama-gguf-split")
+            if tool is None:
+                raise UserError("--merge needs llama.cpp's llama-gguf-split on PATH (it is in the r1kit llama.cpp and model-init images)")
+            progress_note(f"merging {len(shards)} shards into {out}")
+            result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
+            if result.returncode != 0:
+                last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {last[0]}")
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,138 @@
+"""The model catalog (builder/models.yaml) and turning what the user typed into a selection of Hub files.
+
+A selection is a repository, include patterns and a revision: a catalog name (`r1-671b-ud-iq1_s`), a repository
+with patterns (`owner/repo --include '*.gguf'`) or a repository with a quant (`owner/repo:UD-IQ1_S`, the folder or
+file-name part every Hub GGUF repo uses). Which files exist is only known from the Hub listing (download.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from builder.errors import UserError
+
+FORMATS = ("gguf", "safetensors")
+ENGINES = ("llamacpp", "ollama", "ktransformers", "vllm")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+QUANT = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One catalog entry."""
+
+    name: str
+    description: str
+    repo: str
+    include: tuple[str, ...]
+    format: str
+    engines: tuple[str, ...]
+    approx_size_gb: float | None = None
+    shards: int | None = None
+    layers: int | None = None
+    dense_layers: int | None = None
+    template: str | None = None  # the Modelfile's chat template family (gguf only)
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: Mapping[str, Model]
+    default: str
+
+    def get(self, name: str) -> Model:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UserError(f"unknown model {name!r}: choose one of {', '.join(self.models)} (see `builder models`), or give a Hub repo as OWNER/REPO --include GLOB") from None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to fetch: files of `repo` at `revision` matching `include` (or, with `quant`, the quant's files)."""
+
+    repo: str
+    include: tuple[str, ...]
+    revision: str = "main"
+    quant: str | None = None
+    model: Model | None = None  # the catalog entry, where the user named one
+
+    @property
+    def label(self) -> str:
+        return self.model.name if self.model else self.repo + (f":{self.quant}" if self.quant else "")
+
+    def matches(self, path: str) -> bool:
+        if self.quant:
+            # A quant names a folder or a file-name part: DeepSeek-R1-UD-IQ1_S/..., model-Q4_K_M.gguf.
+            token = re.compile(rf"(^|[-_./]){re.escape(self.quant)}([-_./]|$)", re.IGNORECASE)
+            return path.endswith(".gguf") and bool(token.search(path))
+        return any(fnmatch.fnmatch(path, pattern) for pattern in self.include)
+
+
+def _model(name: str, raw: Mapping[str, Any]) -> Model:
+    try:
+        model = Model(
+            name=name,
+            description=str(raw["description"]),
+            repo=str(raw["repo"]),
+            include=tuple(str(p) for p in raw["include"]),
+            format=str(raw["format"]),
+            engines=tuple(str(e) for e in raw["engines"]),
+            approx_size_gb=raw.get("approx_size_gb"),
+            shards=raw.get("shards"),
+            layers=raw.get("layers"),
+            dense_layers=raw.get("dense_layers"),
+            template=raw.get("template"),
+            revision=str(raw.get("revision", "main")),
+        )
+    except (KeyError, TypeError) as e:
+        raise UserError(f"models.yaml: model {name!r} needs description, repo, include, format and engines ({e})") from None
+    if model.format not in FORMATS or not set(model.engines) <= set(ENGINES) or not REPO_ID.match(model.repo):
+        raise UserError(f"models.yaml: model {name!r} has a bad format, engine or repo")
+    return model
+
+
+def load(text: str | None = None) -> Catalog:
+    """The catalog shipped with the package (or parsed from `text`)."""
+    raw = yaml.safe_load(text if text is not None else resources.files("builder").joinpath("models.yaml").read_text())
+    models = {name: _model(name, spec) for name, spec in raw["models"].items()}
+    if raw["default"] not in models:
+        raise UserError(f"models.yaml: the default {raw['default']!r} is not in the catalog")
+    return Catalog(MappingProxyType(models), raw["default"])
+
+
+def resolve(spec: str, include: Iterable[str] = (), revision: str | None = None, catalog: Catalog | None = None) -> Selection:
+    """A catalog name, OWNER/REPO with --include patterns, or OWNER/REPO:QUANT, as a Selection."""
+    catalog = catalog or load()
+    include = tuple(include)
+    if "/" not in spec:
+        model = catalog.get(spec)
+        # --include replaces the entry's patterns: e.g. one more file of the same repo.
+        return Selection(model.repo, include or model.include, revision or model.revision, model=model)
+    repo, _, quant = spec.partition(":")
+    if not REPO_ID.match(repo):
+        raise UserError(f"{repo!r} is not a Hub repository id such as unsloth/DeepSeek-R1-GGUF")
+    if quant and (include or not QUANT.match(quant)):
+        raise UserError(f"give either {repo}:QUANT or --include patterns, not both ({spec!r})")
+    if not quant and not include:
+        raise UserError(f"say which files of {repo} to fetch: {repo}:QUANT (e.g. {repo}:Q4_K_M) or --include GLOB")
+    return Selection(repo, include, revision or "main", quant=quant or None)
+
+
+def describe_files(paths: Iterable[str], limit: int = 30) -> str:
+    """What a repo holds, for an error: top-level folders and GGUF quants rather than every shard."""
+    seen: list[str] = []
+    for path in sorted(paths):
+        head, sep, _ = path.partition("/")
+        item = head + "/" if sep else path
+        if item not in seen:
+            seen.append(item)
+    shown = ", ".join(seen[:limit])
+    return shown + (f" and {len(seen) - limit} more" if len(seen) > limit else "") if seen else "no files"

@@ -1,0 +1,267 @@
+"""A local stand-in for the Hugging Face Hub: the few HTTP endpoints huggingface_hub and `builder download` call.
+
+The Hub is unreachable from the test machines, so the suite serves synthetic repos from here and points
+`HF_ENDPOINT` at it. Implemented (as huggingface_hub 2.x calls them, read from its source):
+- GET  /api/models/{repo}[/revision/{rev}]          model_info: sha (the commit), gated, siblings
+- GET  /api/models/{repo}/tree/{rev}[/{path}]       list_repo_tree: size, oid and lfs {oid: sha256, size} per file
+- HEAD/GET /{repo}/resolve/{rev}/{path}             ETag, X-Repo-Commit, X-Linked-Etag/-Size, Content-Length,
+                                                    Range -> 206 + Content-Range
+- errors as the Hub sends them: 404 + X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound; a gated repo
+  answers resolve with 401 (no token) or 403 (a wrong one) + X-Error-Code GatedRepo.
+No Xet headers are sent, so clients take the plain HTTP path. Faults for resume tests: `cut` (close the
+connection after N body bytes, once per file) and `throttle` (bytes per second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+from urllib.parse import unquote, urlsplit
+
+TEST_TOKEN = "hf_r1kit_local_test_token"  # the only token the local Hub accepts for gated repos
+
+
+@dataclass(frozen=True)
+class HubFile:
+    path: str
+    data: bytes
+    lfs: bool
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def git_oid(self) -> str:
+        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 if self.lfs else self.git_oid
+
+
+@dataclass
+class HubRepo:
+    repo_id: str
+    files: dict[str, HubFile]
+    gated: bool = False
+
+    @property
+    def commit(self) -> str:
+        return hashlib.sha1("".join(f"{p}:{f.etag}" for p, f in sorted(self.files.items())).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    range: str | None
+    authorized: bool
+
+
+@dataclass
+class Faults:
+    cut: dict[str, int] = field(default_factory=dict)  # repo path -> close after this many body bytes (once)
+    throttle: float | None = None  # bytes per second per response
+
+
+class LocalHub:
+    """A threaded HTTP server holding synthetic repos. `with LocalHub() as hub:` serves on hub.url."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.repos: dict[str, HubRepo] = {}
+        self.requests: list[Request] = []
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+    def __enter__(self) -> "LocalHub":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes], *, gated: bool = False, lfs_min: int = 1024) -> HubRepo:
+        """Files of `lfs_min` bytes or more are LFS files (with a sha256), as .gguf and .safetensors are on the Hub."""
+        repo = HubRepo(repo_id, {p: HubFile(p, d, len(d) >= lfs_min) for p, d in files.items()}, gated)
+        self.repos[repo_id] = repo
+        return repo
+
+    def log(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def requests_for(self, path_suffix: str, method: str = "GET") -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
+
+    @contextmanager
+    def faulty(self, *, cut: dict[str, int] | None = None, throttle: float | None = None) -> Iterator["LocalHub"]:
+        """Inject faults for the duration of a test; the shared (session) Hub is healthy again afterwards."""
+        self.faults = Faults(dict(cut or {}), throttle)
+        try:
+            yield self
+        finally:
+            self.faults = Faults()
+
+
+def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # keep pytest's output clean
+            pass
+
+        def do_HEAD(self) -> None:
+            self._route(body=False)
+
+        def do_GET(self) -> None:
+            self._route(body=True)
+
+        # --- helpers -----------------------------------------------------------------------------------------
+
+        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, send_body: bool = True) -> None:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def _json(self, value: object, send_body: bool) -> None:
+            self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"}, send_body=send_body)
+
+        def _error(self, status: int, code: str, message: str, send_body: bool) -> None:
+            body = json.dumps({"error": message}).encode()
+            self._send(status, body, {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message}, send_body=send_body)
+
+        def _repo(self, repo_id: str, rev: str | None, send_body: bool) -> HubRepo | None:
+            repo = hub.repos.get(repo_id)
+            if repo is None:
+                self._error(404, "RepoNotFound", "Repository not found", send_body)
+                return None
+            if rev not in (None, "main", repo.commit):
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", send_body)
+                return None
+            return repo
+
+        # --- routes ------------------------------------------------------------------------------------------
+
+        def _route(self, body: bool) -> None:
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.split("/") if p]
+            auth = self.headers.get("Authorization", "")
+            hub.log(Request(self.command, unquote(url.path), self.headers.get("Range"), auth == f"Bearer {TEST_TOKEN}"))
+            if parts[:2] == ["api", "models"] and len(parts) >= 4:
+                repo_id = "/".join(parts[2:4])
+                rest = parts[4:]
+                if not rest or rest[0] == "revision":
+                    return self._info(repo_id, rest[1] if len(rest) > 1 else None, body)
+                if rest[0] == "tree" and len(rest) >= 2:
+                    return self._tree(repo_id, rest[1], "/".join(rest[2:]), "recursive=true" in url.query.lower(), body)
+            if len(parts) >= 5 and parts[2] == "resolve":
+                return self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), auth, body)
+            self._error(404, "EntryNotFound", f"no route {url.path}", body)
+
+        def _info(self, repo_id: str, rev: str | None, body: bool) -> None:
+            repo = self._repo(repo_id, rev, body)
+            if repo is None:
+                return
+            self._json({
+                "_id": repo.commit[:24], "id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
+                "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+                "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                "lastModified": "2025-01-20T00:00:00.000Z", "createdAt": "2025-01-20T00:00:00.000Z",
+            }, body)
+
+        def _tree(self, repo_id: str, rev: str, folder: str, recursive: bool, body: bool) -> None:
+            repo = self._repo(repo_id, rev, body)
+            if repo is None:
+                return
+            prefix = folder.rstrip("/") + "/" if folder else ""
+            entries, folders = [], set()
+            for path, f in sorted(repo.files.items()):
+                if not path.startswith(prefix):
+                    continue
+                rel = path[len(prefix):]
+                parts = rel.split("/")
+                for i in range(1, len(parts)):  # every folder on the way, once
+                    if recursive or i == 1:
+                        folders.add(prefix + "/".join(parts[:i]))
+                if "/" in rel and not recursive:
+                    continue
+                entry = {"type": "file", "oid": f.git_oid, "size": len(f.data), "path": path}
+                if f.lfs:
+                    entry["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}
+                entries.append(entry)
+            dirs = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d} for d in sorted(folders)]
+            self._json(dirs + entries, body)
+
+        def _resolve(self, repo_id: str, rev: str, path: str, auth: str, body: bool) -> None:
+            repo = self._repo(repo_id, rev, body)
+            if repo is None:
+                return
+            if repo.gated and auth != f"Bearer {TEST_TOKEN}":
+                status = 403 if auth else 401
+                return self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.", body)
+            f = repo.files.get(path)
+            if f is None:
+                return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", body)
+            headers = {"ETag": f'"{f.etag}"', "X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+            if f.lfs:
+                headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data))})
+            start, end, status = 0, len(f.data) - 1, 200
+            wanted = self.headers.get("Range")
+            if wanted and body:
+                spec = wanted.removeprefix("bytes=").split("-")
+                start = int(spec[0])
+                end = int(spec[1]) if spec[1] else len(f.data) - 1
+                if start >= len(f.data):
+                    return self._send(416, b"", {"Content-Range": f"bytes */{len(f.data)}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(f.data)}"
+            chunk = f.data[start:end + 1]
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(chunk)))
+            self.end_headers()
+            if body:
+                self._stream(path, chunk)
+
+        def _stream(self, path: str, data: bytes) -> None:
+            faults = hub.faults
+            limit = faults.cut.pop(path, None)  # one cut per file: the retry gets the rest
+            sent, step = 0, 16 * 1024
+            while sent < len(data):
+                if limit is not None and sent >= limit:
+                    self.close_connection = True
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # drop it mid-body, as a broken network does
+                    return
+                piece = data[sent:sent + (step if limit is None else min(step, limit - sent))]
+                try:
+                    self.wfile.write(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                sent += len(piece)
+                if faults.throttle:
+                    time.sleep(len(piece) / faults.throttle)
+
+    return Handler
