@@ -245,37 +245,64 @@ def test_ollama_wiring():
         assert server["environment"][var] == value
     args = init["command"]
     assert {"--merge", "--modelfile"} <= set(args)
-    assert args[args.index("--modelfile") + 1] == create["environment"]["MODELFILE"]
+    assert args[args.index("--modelfile") + 1] == create["command"][3]
     assert args[args.index("--merge") + 1].startswith("/models/")
     assert [(v["source"], v.get("read_only", False)) for v in create["volumes"]] == [("models", True)]
+    assert create.get("entrypoint") is None, "the upstream image's own CLI runs `ollama create`"
 
 
-def run_create_step(tmp_path: Path, **env: str) -> tuple[list[str], str]:
-    """Run the ollama-create service's own shell script, as compose resolved it, against a stand-in `ollama`."""
-    create = config(COMBOS["ollama"], **env)["services"]["ollama-create"]
-    modelfile = tmp_path / "Modelfile"
-    modelfile.write_text("FROM /models/.r1kit/r1-distill-qwen-1.5b.gguf\nPARAMETER temperature 0.6\n")
-    fake = tmp_path / "bin" / "ollama"
+def run_model_init(args: list[str], models: Path, hub_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """model-init's command exactly as compose resolved it, run by the host's `builder download` against the local
+    Hub, with the models volume (/models) mapped to a folder."""
+    mapped = [a.replace("/models", str(models), 1) if a.startswith("/models") else a for a in args]
+    # No token: what compose mounts from an empty HF_TOKEN (an empty file stands in for the secret).
+    token = models.parent / "hf_token"
+    token.write_text("")
+    env = {**hub_env, "HF_TOKEN_PATH": str(token)}
+    return subprocess.run([sys.executable, "-m", "builder.cli", "download", *mapped], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_llamacpp_stack_loads_the_first_shard_model_init_names(hub_env: dict[str, str], tmp_path: Path):
+    """The split-GGUF path problem end to end, minus Docker: model-init's pointer file, read by the entrypoint."""
+    services = config(COMBOS["llamacpp"], MODEL="r1-671b-ud-iq1_s")["services"]
+    models = tmp_path / "models"
+    result = run_model_init(services["model-init"]["command"], models, hub_env)
+    assert result.returncode == 0, result.stderr
+    pointer = services["llamacpp"]["environment"]["LLAMA_MODEL_PATH_FILE"].replace("/models", str(models), 1)
+    fake = tmp_path / "bin" / "llama-server"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$CALLS"\nfor a; do last=$a; done\ncp "$last" "$CALLS.modelfile"\n')
+    fake.write_text('#!/bin/sh\necho "$LLAMA_ARG_MODEL"\n')
     fake.chmod(0o755)
-    calls = tmp_path / "calls"
-    script = create["command"][0].replace("$$", "$")
-    container_env = {**create["environment"], "MODELFILE": str(modelfile), "PATH": f"{fake.parent}:/usr/bin:/bin", "CALLS": str(calls)}
-    subprocess.run([*create["entrypoint"], script], env=container_env, check=True)
-    return calls.read_text().split("\n")[:-1], Path(f"{calls}.modelfile").read_text()
+    env = {k: v for k, v in services["llamacpp"]["environment"].items() if k.startswith("LLAMA_ARG_")}
+    out = subprocess.run(["dash", str(REPO / "images/llamacpp/entrypoint.sh")], env={**env, "LLAMA_MODEL_PATH_FILE": pointer, "PATH": f"{fake.parent}:/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == result.stdout.strip() and re.search(r"/DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003\.gguf$", out), out
+    assert Path(out).is_file()
 
 
-def test_ollama_create_step_runs_ollama_create_with_model_inits_modelfile(tmp_path: Path):
-    argv, modelfile = run_create_step(tmp_path)
-    assert argv[:2] == ["create", "deepseek-r1-distill"] and argv[2] == "-f" and argv[3].endswith("Modelfile")
-    assert "num_gpu" not in modelfile and modelfile.startswith("FROM /models/")
+def test_ollama_stack_model_init_writes_the_modelfile_the_create_step_reads(hub_env: dict[str, str], tmp_path: Path):
+    services = config(COMBOS["ollama"], OLLAMA_NUM_GPU="12", OLLAMA_CONTEXT_LENGTH="16384")["services"]
+    models = tmp_path / "models"
+    result = run_model_init(services["model-init"]["command"], models, hub_env)
+    assert result.returncode == 0, result.stderr
+    create = services["ollama-create"]["command"]
+    assert create[:2] == ["create", "deepseek-r1-distill"] and create[2] == "-f"
+    modelfile = Path(create[3].replace("/models", str(models), 1))
+    text = modelfile.read_text()
+    source = re.search(r"^FROM (.+)$", text, re.M).group(1)
+    merged = (modelfile.parent / source).resolve()
+    assert merged.is_file() and merged.read_bytes()[:4] == b"GGUF", text
+    assert merged.parent == modelfile.parent, "the merged GGUF sits beside the Modelfile in the models volume"
+    assert re.search(r"^PARAMETER num_ctx 16384$", text, re.M) and re.search(r"^PARAMETER num_gpu 12$", text, re.M), text
+    assert services["ollama"]["environment"]["OLLAMA_CONTEXT_LENGTH"] == "16384"
 
 
-def test_ollama_create_step_adds_gpu_layers_and_takes_the_name(tmp_path: Path):
-    argv, modelfile = run_create_step(tmp_path, OLLAMA_NUM_GPU="12", OLLAMA_MODEL_NAME="r1")
-    assert argv[:2] == ["create", "r1"]
-    assert modelfile.startswith("FROM /models/") and modelfile.rstrip().endswith("PARAMETER num_gpu 12")
+def test_ollama_stack_lets_ollama_place_layers_by_default(hub_env: dict[str, str], tmp_path: Path):
+    services = config(COMBOS["ollama-cpu"])["services"]
+    result = run_model_init(services["model-init"]["command"], tmp_path / "models", hub_env)
+    assert result.returncode == 0, result.stderr
+    text = Path(services["ollama-create"]["command"][3].replace("/models", str(tmp_path / "models"), 1)).read_text()
+    assert "num_gpu" not in text and "PARAMETER num_ctx 8192" in text, text
 
 
 VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?[-?]((?:[^${}]|\$\{[^}]*\})*))?\}")
