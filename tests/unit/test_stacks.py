@@ -337,3 +337,34 @@ def test_env_example_documents_every_variable_with_its_default():
         if "${" in listed[name]:
             continue
         assert defaults <= {listed[name]}, f"{name}: .env.example says {listed[name]!r}, the stacks {defaults}"
+
+
+# f16 KV cache bytes per token: R1 with MLA keeps the compressed latent (kv_lora_rank 512) and the rope part (64)
+# per layer; the distills keep K and V for each KV head (dimension 128).
+KV_BYTES_PER_TOKEN = {
+    "r1-671b": 61 * (512 + 64) * 2,
+    "r1-distill-qwen-1.5b": 28 * 2 * 2 * 128 * 2,
+    "r1-distill-qwen-7b": 28 * 2 * 4 * 128 * 2,
+    "r1-distill-llama-8b": 32 * 2 * 8 * 128 * 2,
+    "r1-distill-qwen-14b": 48 * 2 * 8 * 128 * 2,
+    "r1-distill-qwen-32b": 64 * 2 * 8 * 128 * 2,
+    "r1-distill-llama-70b": 80 * 2 * 8 * 128 * 2,
+}
+
+
+def test_readme_quant_table_follows_the_catalog():
+    """README's table: every GGUF model of the catalog, its size, and RAM + VRAM = size x 1.1 + KV cache at 8192."""
+    import math
+
+    from builder import models
+
+    rows = {m.group(1): (int(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"^\| `([\w.-]+)`[^|]*\|[^|]*\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", (REPO / "README.md").read_text(), re.M)}
+    gguf = [m for m in models.load().models.values() if m.format == "gguf"]
+    assert set(rows) == {m.name for m in gguf}
+    for m in gguf:
+        kv = KV_BYTES_PER_TOKEN["r1-671b" if m.name.startswith("r1-671b") else m.name] * 8192 / 1e9
+        need = m.approx_size_gb * 1.1 + kv
+        expected = math.ceil(need * 10) / 10 if need < 100 else math.ceil(need)
+        assert rows[m.name] == (m.shards or 1, m.approx_size_gb, expected), m.name
+    assert config(COMBOS["llamacpp"])["services"]["llamacpp"]["environment"]["LLAMA_ARG_CTX_SIZE"] == "8192"
