@@ -5,7 +5,14 @@
 # cannot know from the model's name alone. The stacks' model-init writes the path it downloaded to a pointer
 # file; when LLAMA_ARG_MODEL is unset and LLAMA_MODEL_PATH_FILE names a readable file, its first line becomes
 # LLAMA_ARG_MODEL. An explicit LLAMA_ARG_MODEL, or -m in the arguments, wins.
+#
+# An empty LLAMA_ARG_* counts as unset: compose passes every setting (`${LLAMACPP_TENSOR_SPLIT:-}`), and
+# llama-server would otherwise parse "" as a value (and fail on -ts, -ncmoe, ...).
 set -eu
+
+for name in $(env | sed -n 's/^\(LLAMA_ARG_[A-Z0-9_]*\)=$/\1/p'); do
+    unset "$name"
+done
 
 if [ -z "${LLAMA_ARG_MODEL:-}" ] && [ -n "${LLAMA_MODEL_PATH_FILE:-}" ]; then
     if [ ! -r "$LLAMA_MODEL_PATH_FILE" ]; then
