@@ -24,7 +24,7 @@ from typing import Iterator
 
 import httpx2
 import huggingface_hub
-from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -46,6 +46,7 @@ TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose sec
 STATE_DIR = ".r1kit"
 SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 CHUNK = 1024 * 1024
+MERGE_TOOL = "llama-gguf-split"
 RETRIES = 5  # consecutive failed attempts (no byte received) before giving up
 
 
@@ -95,8 +96,11 @@ def read_token(env: dict[str, str] | None = None) -> str | None:
     try:
         return path.read_text().strip() or None
     except OSError:
-        # Last, a token stored by `hf auth login` on this host (HF_HOME/token).
+        pass
+    try:  # last, a token stored by `hf auth login` on this host (HF_HOME/token)
         return huggingface_hub.get_token() or None
+    except OSError:
+        return None
 
 
 def endpoint() -> str:
@@ -239,12 +243,18 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
             raise UserError(f"{selection.repo} is gated and no token is set: {TOKEN_HINT}")
         commit = info.sha or selection.revision
         listing = _listing(api, selection, commit)
-    files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
-    if not files:
-        what = f"quant {selection.quant!r}" if selection.quant else f"--include {' '.join(selection.include)}"
-        raise UserError(f"nothing in {selection.repo} matches {what}; it has: {describe_files(f.path for f in listing)}")
+        files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
+        if not files:
+            what = f"quant {selection.quant!r}" if selection.quant else f"--include {' '.join(selection.include)}"
+            raise UserError(f"nothing in {selection.repo} matches {what}; it has: {describe_files(f.path for f in listing)}")
+        if info.gated:
+            # A gated repo lists its files to anyone; a token without access (terms not accepted) fails only on a
+            # file. Ask for one file's headers now rather than after the log has started.
+            get_hf_file_metadata(hf_hub_url(selection.repo, files[0].path, revision=commit, endpoint=endpoint()), token=token)
     fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
     engine = _engine_path(selection, files, dest, fmt)
+    if merge is not None and SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
+        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
     verified = _read_state(_state_path(dest, selection)).get("files", {})
     to_fetch = sum(_missing_bytes(dest, f, verified) for f in files)
     extra = 0
@@ -312,7 +322,9 @@ def _fetch(url: str, headers: dict[str, str], part: Path, f: RemoteFile, progres
                     have = 0  # the server ignored the Range header: it sends the whole file
                 with part.open("r+b" if have else "wb") as out:
                     out.seek(have)
-                    for chunk in r.iter_bytes(CHUNK):
+                    # No chunk size: httpx then yields bytes as they arrive, so a dropped connection loses
+                    # nothing that was received (a 1 MiB buffer would lose up to 1 MiB per drop).
+                    for chunk in r.iter_bytes():
                         out.write(chunk)
                         got += len(chunk)
                         progress.advance(len(chunk))
@@ -331,6 +343,14 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
     verified: dict = state.get("files", {}) if state.get("commit") == p.commit else {}
     headers = build_hf_headers(token=token or False)
     progress.start(p.total, len(p.files))
+    try:
+        _fetch_all(p, token, progress, headers, verified, state_path, verify)
+    finally:  # stop the live bars on errors and Ctrl-C too, so the terminal is left clean
+        progress.close()
+    atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
+
+
+def _fetch_all(p: Plan, token: str | None, progress: DownloadProgress, headers: dict[str, str], verified: dict, state_path: Path, verify: bool) -> None:
     for index, f in enumerate(p.files, 1):
         target = p.dest / f.path
         progress.file_start(index, f.path, f.size)
@@ -357,8 +377,6 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
             # Recorded file by file: after a crash the next run re-hashes none of the files already verified.
             atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
         progress.file_done()
-    atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
-    progress.close()
 
 
 def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
@@ -391,9 +409,9 @@ def merge(first_shard: Path, out: Path, progress_note=print) -> Path:
         if not SHARD.match(first_shard.name):
             shutil.copyfile(first_shard, tmp)
         else:
-            tool = shutil.which("llama-gguf-split")
+            tool = shutil.which(MERGE_TOOL)
             if tool is None:
-                raise UserError("--merge needs llama.cpp's llama-gguf-split on PATH (it is in the r1kit llama.cpp and model-init images)")
+                raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
             progress_note(f"merging {len(shards)} shards into {out}")
             result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
             if result.returncode != 0:

@@ -19,6 +19,7 @@ from support.tiny_gguf import write_tiny_model
 # Tags of the images the suite builds; the stack tests run these too.
 LLAMACPP_CPU = "r1kit-test/llamacpp-cpu:test"
 LLAMACPP_CPU_BLIS = "r1kit-test/llamacpp-cpu:test-blis"
+MODEL_INIT = "r1kit-test/model-init:test"
 
 
 def builder(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -72,6 +73,13 @@ def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
     return _build(LLAMACPP_CPU_BLIS, source_tarball, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
 
 
+@pytest.fixture(scope="session")
+def model_init_image(llamacpp_cpu_image: str) -> str:
+    """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
+    builder("build", "model-init", "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
+    return MODEL_INIT
+
+
 # --- the local Hub ------------------------------------------------------------------------------------------------
 
 # Repos the local Hub serves, named like the real ones so that catalog names resolve against it:
@@ -119,5 +127,5 @@ def hub_env(local_hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     """An environment for `builder download` against the local Hub: no token, a private HF_HOME, nothing inherited
     that could reach the real Hub."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN_PATH="")
+    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
     return env
