@@ -1,0 +1,96 @@
+"""Open WebUI for the tests: a stand-in image built from PyPI, and the running container's HTTP API.
+
+Upstream's image (ghcr.io/open-webui/open-webui) cannot be pulled here, so tests/images/open-webui/Dockerfile
+installs the same release from PyPI with the CPU torch wheel that lies on the machine. The image keeps
+upstream's port, data folder, health route and environment variables, so stacks run it through
+OPEN_WEBUI_IMAGE unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from builder.docker import Backend
+from support.http import post_json
+from support.prerequisites import REPO
+
+OPEN_WEBUI_IMAGE = "r1kit-test/open-webui:test"
+OPEN_WEBUI_VERSION = "0.12.4"
+DOCKERFILE_FOLDER = REPO / "tests" / "images" / "open-webui"
+# open-webui pulls torch through sentence-transformers; PyPI's default torch is the multi-GB CUDA build.
+TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-cp311-*.whl"
+# Where the machines keep it; TORCH_WHEEL_DIR names another folder (the CPU wheels live on download.pytorch.org).
+WHEEL_FOLDERS = (Path("/opt/wheels"), REPO / ".cache" / "wheels")
+
+
+def cpu_torch_wheel() -> Path:
+    """The CPU torch wheel for python 3.11, the image's python."""
+    folders = [Path(os.environ["TORCH_WHEEL_DIR"])] if os.environ.get("TORCH_WHEEL_DIR") else list(WHEEL_FOLDERS)
+    for folder in folders:
+        found = sorted(folder.glob(TORCH_WHEEL_GLOB))
+        if found:
+            return found[-1]
+    raise FileNotFoundError(f"no {TORCH_WHEEL_GLOB} in {', '.join(map(str, folders))}: download it from "
+                            "https://download.pytorch.org/whl/cpu into one of them (or set TORCH_WHEEL_DIR)")
+
+
+def host_ca_bundle() -> Path:
+    """The CA bundle the host's pip trusts: where TLS is inspected on the way out, PyPI only verifies with it."""
+    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(name) and Path(os.environ[name]).is_file():
+            return Path(os.environ[name])
+    return Path(ssl.get_default_verify_paths().openssl_cafile)
+
+
+def build_image(backend: Backend, base_image: str, tag: str = OPEN_WEBUI_IMAGE, log: Path | None = None) -> float:
+    """Build the stand-in image with BuildKit (it needs RUN --mount); returns the seconds the build took.
+
+    The build log goes to `log` (or is dropped): a cold build prints thousands of pip lines."""
+    with tempfile.TemporaryDirectory(prefix="open-webui-context-") as tmp:
+        context = Path(tmp)
+        shutil.copy2(DOCKERFILE_FOLDER / "Dockerfile", context / "Dockerfile")
+        (context / "wheels").mkdir()
+        wheel = cpu_torch_wheel()
+        # A hard link costs nothing where /tmp and the wheel share a file system; else a copy.
+        try:
+            os.link(wheel, context / "wheels" / wheel.name)
+        except OSError:
+            shutil.copy2(wheel, context / "wheels" / wheel.name)
+        (context / "certs").mkdir()
+        shutil.copy2(host_ca_bundle(), context / "certs" / "ca-certificates.crt")
+        cmd = [*backend.build_command, "--progress", "plain", "--tag", tag,
+               "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"OPEN_WEBUI_VERSION={OPEN_WEBUI_VERSION}"]
+        if backend.kind == "buildx":
+            cmd.append("--load")
+        started = time.monotonic()
+        with open(log or os.devnull, "w") as out:
+            done = subprocess.run([*cmd, str(context)], env={**os.environ, **backend.env}, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            tail = log.read_text()[-4000:] if log else ""
+            raise RuntimeError(f"building {tag} failed (exit {done.returncode}):\n{tail}")
+        return time.monotonic() - started
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 30) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def sign_in(url: str, email: str, password: str) -> str:
+    """An API token for an existing account (Open WebUI's own sign-in route)."""
+    return post_json(f"{url}/api/v1/auths/signin", {"email": email, "password": password})["token"]
+
+
+def model_ids(url: str, token: str) -> list[str]:
+    """The models Open WebUI offers, as its chat page lists them (GET /api/models)."""
+    return [m["id"] for m in get_json(f"{url}/api/models", token)["data"]]
