@@ -248,7 +248,10 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
             raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards" if sharded else "--modelfile is for GGUF models")
         for line in downloads.describe(plan):
             progress.note(line)
-        downloads.fetch(plan, token, progress, verify=verify)
+        try:
+            downloads.fetch(plan, token, progress, verify=verify)
+        except OSError as e:  # a folder the user cannot write, a disk filled by someone else meanwhile
+            raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
     if merge is not None:
         if engine.suffix != ".gguf":

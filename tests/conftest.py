@@ -74,9 +74,20 @@ def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def model_init_image(llamacpp_cpu_image: str) -> str:
+def builder_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of the builder package's dependencies (and setuptools, to build it), made on the host: containers here
+    cannot verify PyPI's TLS certificate (an intercepting proxy whose CA only the host trusts)."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(folder), str(REPO)], check=True)
+    subprocess.run([*pip, "download", "--only-binary", ":all:", "--dest", str(folder), "setuptools>=69"], check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_init_image(llamacpp_cpu_image: str, builder_wheelhouse: Path) -> str:
     """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
-    builder("build", "model-init", "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
+    builder("build", "model-init", "--source", str(builder_wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
     return MODEL_INIT
 
 
@@ -89,6 +100,7 @@ R1_REPO = "unsloth/DeepSeek-R1-GGUF"
 R1_IQ1_S = "DeepSeek-R1-UD-IQ1_S"
 DISTILL_REPO = "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF"
 DISTILL_FILE = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+FP8_REPO = "deepseek-ai/DeepSeek-R1"
 GATED_REPO = "r1kit-test/gated-GGUF"
 
 
@@ -108,6 +120,16 @@ def populate_hub(hub: LocalHub, work: Path) -> None:
     write_tiny_model(distill / "DeepSeek-R1-Distill-Qwen-1.5B-Q8_0.gguf", seed=4)
     (distill / "README.md").write_text("# a synthetic distill\n")
     hub.add_repo(DISTILL_REPO, _files(distill))
+    # The FP8 safetensors layout (shards, index, config, code, and a figure the catalog leaves out); the bytes are
+    # random: nothing loads them here (no vLLM without a GPU).
+    hub.add_repo(FP8_REPO, {
+        "config.json": b'{"model_type": "deepseek_v3", "num_hidden_layers": 61, "first_k_dense_replace": 3}\n',
+        "model.safetensors.index.json": b'{"weight_map": {}}\n',
+        "modeling_deepseek.py": b"# synthetic\n",
+        "model-00001-of-00002.safetensors": os.urandom(300_000),
+        "model-00002-of-00002.safetensors": os.urandom(200_000),
+        "figures/benchmark.jpg": os.urandom(50_000),
+    })
     gated = work / "gated"
     write_tiny_model(gated / "tiny-Q4_K_M.gguf", seed=5)
     hub.add_repo(GATED_REPO, _files(gated), gated=True)

@@ -10,7 +10,6 @@ import pytest
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from builder import catalog
 from conftest import R1_IQ1_S
 from support.http import free_port, post_json, wait_until_healthy
 from support.local_hub import LocalHub
@@ -18,11 +17,6 @@ from support.local_hub import LocalHub
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 FIRST_SHARD = f"/models/{R1_IQ1_S}/{R1_IQ1_S}-00001-of-00003.gguf"
-
-
-def test_model_init_uses_the_pinned_llamacpp_image():
-    cat = catalog.load()
-    assert cat.get("model-init").params["llamacpp_image"] == f"ghcr.io/r1kit/llamacpp-cpu:{cat.get('llamacpp-cpu').version}"
 
 
 @pytest.fixture(scope="module")

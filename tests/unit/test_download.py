@@ -20,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from builder.progress import DownloadProgress
-from conftest import DISTILL_FILE, DISTILL_REPO, GATED_REPO, R1_IQ1_S, R1_REPO
+from conftest import DISTILL_FILE, DISTILL_REPO, FP8_REPO, GATED_REPO, R1_IQ1_S, R1_REPO
 from support.local_hub import TEST_TOKEN, LocalHub
 from support.prerequisites import REPO
 
@@ -67,6 +67,17 @@ def test_fresh_download(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: 
     assert "total in 3 file(s)" in log and "free)" in log
     assert re.search(rf"download: 1/3 {re.escape(SHARDS[0])} 100% ", log), log
     assert f"done: {dest / SHARDS[0]}" in log
+
+
+def test_safetensors_for_vllm_give_the_folder(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path):
+    dest = tmp_path / "models"
+    result = builder("download", "r1-671b-fp8", "--dest", str(dest), env=hub_env, check=True)
+    assert result.stdout == f"{dest}\n"  # vLLM loads the folder
+    got = sorted(str(p.relative_to(dest)) for p in files_under(dest) if ".r1kit" not in p.parts)
+    assert got == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "modeling_deepseek.py"]
+    assert sha256(dest / "model-00002-of-00002.safetensors") == hub_sha(local_hub, FP8_REPO, "model-00002-of-00002.safetensors")
+    line = one_line_error(builder("download", "r1-671b-fp8", "--dest", str(dest), "--modelfile", str(tmp_path / "Modelfile"), env=hub_env))
+    assert "GGUF" in line
 
 
 def test_a_finished_download_restarts_instantly_without_the_hub(hub_env: dict[str, str], tmp_path: Path):

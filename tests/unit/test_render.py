@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 
 import pytest
@@ -64,3 +65,16 @@ def test_build_script_flags():
 def test_image_tags(target, settings, tag):
     t = CATALOG.get(target)
     assert image_tag(t, settings) == tag.replace("b10864", t.version)
+
+
+def test_model_init_image():
+    cat = catalog.load()
+    target = cat.get("model-init")
+    # llama-gguf-split comes from the llama.cpp image of the pinned version.
+    assert target.params["llamacpp_image"] == f"ghcr.io/r1kit/llamacpp-cpu:{cat.get('llamacpp-cpu').version}"
+    assert target.repo_files == ("builder", "pyproject.toml", "README.md") and target.platforms == ("linux/amd64", "linux/arm64")
+    text = render(target)
+    assert "USER 10001:10001" in text and "umask 0022 && exec builder download" in text
+    assert "BUILDER_MODELS_DIR=/models" in text and "HF_HOME=/home/r1kit/.cache/huggingface" in text
+    assert "COPY --from=llamacpp /opt/llama.cpp/bin/llama-gguf-split" in text
+    assert not re.search(r"HF_TOKEN\w*=", text)  # no token, nor its path, baked into an image layer
