@@ -94,3 +94,11 @@ def sign_in(url: str, email: str, password: str) -> str:
 def model_ids(url: str, token: str) -> list[str]:
     """The models Open WebUI offers, as its chat page lists them (GET /api/models)."""
     return [m["id"] for m in get_json(f"{url}/api/models", token)["data"]]
+
+
+def newest_chat_messages(url: str, token: str) -> list[dict[str, Any]]:
+    """The messages of the account's newest chat as Open WebUI stored them (role, content, model, error, ...)."""
+    chats = get_json(f"{url}/api/v1/chats/", token)
+    assert chats, "the account has no chat"
+    chat = get_json(f"{url}/api/v1/chats/{chats[0]['id']}", token)["chat"]
+    return list(chat["history"]["messages"].values())
