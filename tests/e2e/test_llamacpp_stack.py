@@ -69,7 +69,16 @@ def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str) -> dic
             pytest.fail("no model-init image: the model-init target (issue 3) is not in this checkout")
         model_init = "r1kit-test/model-init:test"
         builder("build", "model-init", "--tag", model_init)
-    return {"llamacpp": llamacpp_cpu_image, "model-init": model_init, "open-webui": optional_fixture(request, "open_webui_image")}
+    webui = optional_fixture(request, "open_webui_image")
+    if webui is None:
+        try:  # the webui branch's stand-in image, built here where its fixture is not (yet) in this checkout
+            from support.open_webui import build_image
+        except ImportError:
+            build_image = None
+        if build_image is not None:
+            build_image(request.getfixturevalue("backend"), request.getfixturevalue("base_image"))
+            webui = "r1kit-test/open-webui:test"
+    return {"llamacpp": llamacpp_cpu_image, "model-init": model_init, "open-webui": webui}
 
 
 @pytest.fixture(scope="module")
