@@ -59,11 +59,16 @@ def optional_fixture(request: pytest.FixtureRequest, name: str):
 
 
 @pytest.fixture(scope="module")
-def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str) -> dict[str, str | None]:
+def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str, source_tarball: Path) -> dict[str, str | None]:
+    from conftest import builder
+
+    # A tag of its own: the shared r1kit-test/llamacpp-cpu:test may be re-tagged meanwhile by another checkout's
+    # build on the same daemon. The compile stage comes from the cache the fixture above filled.
+    llamacpp = "r1kit-test/llamacpp-cpu:e2e-stack"
+    builder("build", "llamacpp-cpu", "--source", str(source_tarball), "--tag", llamacpp)
     model_init = optional_fixture(request, "model_init_image")
     if model_init is None:
         from builder import catalog
-        from conftest import builder
 
         if "model-init" not in catalog.load().targets:
             pytest.fail("no model-init image: the model-init target (issue 3) is not in this checkout")
@@ -78,7 +83,7 @@ def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str) -> dic
         if build_image is not None:
             build_image(request.getfixturevalue("backend"), request.getfixturevalue("base_image"))
             webui = "r1kit-test/open-webui:test"
-    return {"llamacpp": llamacpp_cpu_image, "model-init": model_init, "open-webui": webui}
+    return {"llamacpp": llamacpp, "model-init": model_init, "open-webui": webui}
 
 
 @pytest.fixture(scope="module")
