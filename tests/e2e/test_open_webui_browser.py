@@ -1,0 +1,134 @@
+"""Open WebUI in a real browser, in front of the llama.cpp CPU image serving a tiny model.
+
+Both containers share a user-defined network, as in a compose stack: Open WebUI reaches llama-server by name,
+and only Open WebUI's port is published, on 127.0.0.1. The model has random weights, so its answer is nonsense;
+the test checks that an answer made by that model appears in the chat.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page
+from python_on_whales import Container, DockerClient
+
+from support import browser
+from support.http import free_port, wait_until_healthy
+from support.open_webui import get_json, model_ids, newest_chat_messages, sign_in
+from support.prerequisites import REPO
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.browser]
+
+API_KEY = "test-key-not-secret"
+MODEL = "tiny-llama"  # llama-server's --alias: the model id Open WebUI lists
+ADMIN = {"name": "Ada Admin", "email": "admin@example.com", "password": "correct-horse-battery"}
+PROMPT = "Count from one to ten in French"
+SCREENSHOT = REPO / "docs" / "screenshots" / "open-webui-chat.png"
+
+
+def wait_until_container_healthy(container: Container, timeout: float = 120) -> None:
+    """Poll the image's own HEALTHCHECK: the engine's port is not published, so the host cannot ask it."""
+    deadline = time.monotonic() + timeout
+    container.reload()
+    while container.state.health is None or container.state.health.status != "healthy":
+        assert container.state.running, f"{container.name} exited: {container.state}"
+        assert time.monotonic() < deadline, f"{container.name} not healthy after {timeout}s: {container.state.health}"
+        time.sleep(1)
+        container.reload()
+
+
+@pytest.fixture(scope="module")
+def network(docker: DockerClient):
+    net = docker.network.create(f"r1kit-webui-{uuid.uuid4().hex[:8]}")
+    try:
+        yield net
+    finally:
+        docker.network.remove(net)
+
+
+@pytest.fixture(scope="module")
+def llama_server(docker: DockerClient, network, llamacpp_cpu_image: str, tiny_model: Path):
+    container = docker.run(
+        llamacpp_cpu_image,
+        ["-m", f"/models/{tiny_model.name}", "--alias", MODEL, "-c", "512", "-np", "1", "--api-key", API_KEY],
+        detach=True,
+        name=f"{network.name}-llama",
+        networks=[network],
+        network_aliases=["llama"],
+        volumes=[(str(tiny_model.parent), "/models", "ro")],
+    )
+    try:
+        wait_until_container_healthy(container)
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def open_webui(docker: DockerClient, network, open_webui_image: str, llama_server: Container):
+    """Open WebUI configured as a stack configures upstream's image; yields its URL on 127.0.0.1."""
+    port = free_port()
+    container = docker.run(
+        open_webui_image,
+        detach=True,
+        name=f"{network.name}-open-webui",
+        networks=[network],
+        publish=[(f"127.0.0.1:{port}", 8080)],
+        envs={
+            "OPENAI_API_BASE_URL": "http://llama:8080/v1",
+            "OPENAI_API_KEY": API_KEY,
+            "ENABLE_OLLAMA_API": "False",
+            "WEBUI_SECRET_KEY": "test-secret-not-secret",
+        },
+    )
+    try:
+        # The first start runs migrations and imports torch: about a minute on two cores.
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", timeout=300)
+        yield container, f"http://127.0.0.1:{port}"
+    finally:
+        # volumes=True: the anonymous volume the image declares for /app/backend/data goes too.
+        container.remove(force=True, volumes=True)
+
+
+def test_image_keeps_upstreams_contract(open_webui: tuple[Container, str], docker: DockerClient):
+    container, url = open_webui
+    assert get_json(f"{url}/health") == {"status": True}
+    assert docker.execute(container, ["id", "-u"]).strip() == "10001"
+    assert "/app/backend/data" in container.config.volumes
+    docker.execute(container, ["test", "-s", "/app/backend/data/webui.db"])  # fails the test where the database is elsewhere
+    # Stacks wait on the image's own HEALTHCHECK (depends_on: condition: service_healthy).
+    wait_until_container_healthy(container, timeout=60)
+
+
+def test_admin_chats_with_the_stack_model_in_the_browser(open_webui: tuple[Container, str], browser_page: Page, tmp_path: Path):
+    _, url = open_webui
+    page = browser_page
+
+    browser.sign_up_admin(page, url, ADMIN["name"], ADMIN["email"], ADMIN["password"])
+    # The account the browser made works for the API, which lists llama-server's model.
+    token = sign_in(url, ADMIN["email"], ADMIN["password"])
+    assert MODEL in model_ids(url, token)
+
+    browser.choose_model(page, MODEL)
+    browser.send_prompt(page, PROMPT)
+    try:
+        answer = browser.wait_for_answer(page)
+    finally:  # the screen as it ended, answer or not, for whoever reads the failure
+        shot = browser.screenshot(page, tmp_path / "open-webui-chat.png")
+        print(f"screenshot: {shot}")
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shot, SCREENSHOT)
+
+    assert answer.strip(), f"empty answer (screenshot: {shot})"
+    assert browser.answering_model(page) == MODEL
+    # What the chat stored: the prompt, then the model's own answer (not an error Open WebUI wrote itself).
+    user, assistant = newest_chat_messages(url, token)[-2:]
+    assert (user["role"], user["content"]) == ("user", PROMPT)
+    assert assistant["role"] == "assistant" and assistant["model"] == MODEL and not assistant.get("error")
+    assert assistant["content"].strip()
