@@ -89,22 +89,23 @@ def main() -> None:
                     meta[label] = row
         size_mib = f16.stat().st_size / 2**20
 
+    # Medians, with the range: a run disturbed by other work on the machine moves a mean, not a median.
     def cell(label: str, test: str) -> str:
         xs = results[(label, test)]
-        return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
+        return f"{statistics.median(xs):.1f} ({min(xs):.1f} to {max(xs):.1f})"
 
     print(f"Machine: {cpu_name()}, {threads} cores; {args.reps} interleaved runs of `llama-bench -p 512 -n 128 -r 1 -t {threads}`")
     print(f"Model: llama-shaped, {meta['portable']['model_n_params'] / 1e6:.0f}M parameters, Q4_0 "
           f"({meta['portable']['model_size'] / 2**20:.0f} MiB; F16 source {size_mib:.0f} MiB), random weights\n")
-    print("| build | pp512 t/s | tg128 t/s | CPU backend |")
+    print("| build | pp512 t/s, median (range) | tg128 t/s, median (range) | CPU |")
     print("| --- | --- | --- | --- |")
     for label in ("portable", "native"):
         print(f"| {label} | {cell(label, 'pp512')} | {cell(label, 'tg128')} | {meta[label].get('cpu_info', '')} |")
     for test in ("pp512", "tg128"):
-        p, n = statistics.mean(results[("portable", test)]), statistics.mean(results[("native", test)])
+        p, n = statistics.median(results[("portable", test)]), statistics.median(results[("native", test)])
         print(f"\n{test}: portable / native = {p / n:.3f} ({(p - n) / n * 100:+.1f}%)", end="")
     print("\n")
-    print(f"Build times: portable image {t_portable:.0f} s (cache as left by earlier builds), native image {t_native:.0f} s.")
+    print(f"Build times: portable image {t_portable:.0f} s, native image {t_native:.0f} s (each with the layer and ccache caches as earlier builds left them).")
     print(f"Rebuild after changing one runtime-stage line: {t_edit:.1f} s, {compiled} compiler lines in the log "
           f"(the compile step {'was CACHED' if compiled == 0 else 'RAN'}).")
 
