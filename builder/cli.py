@@ -243,9 +243,8 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
         if dry_run:
             click.echo("\n".join(downloads.describe(plan)))
             return
-        sharded = len(plan.gguf_files) > 1
-        if modelfile and (plan.format != "gguf" or (sharded and merge is None)):
-            raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards" if sharded else "--modelfile is for GGUF models")
+        if modelfile:  # checked before a byte is fetched
+            _check_modelfile_source(plan.format == "gguf", len(plan.gguf_files) > 1, merge)
         for line in downloads.describe(plan):
             progress.note(line)
         try:
@@ -253,13 +252,13 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
         except OSError as e:  # a folder the user cannot write, a disk filled by someone else meanwhile
             raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
+    if modelfile is not None:  # again for a finished download, which made no plan
+        _check_modelfile_source(engine.suffix == ".gguf", bool(downloads.SHARD.match(engine.name)), merge)
     if merge is not None:
         if engine.suffix != ".gguf":
             raise UserError("--merge is for GGUF models")
         engine = downloads.merge(engine, merge, progress.note)
     if modelfile is not None:
-        if downloads.SHARD.match(engine.name) and merge is None:
-            raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
         template = selection.model.template if selection.model else None
         text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=num_ctx, num_gpu=gpu_layers)
         downloads.atomic_write(modelfile.resolve(), text)
@@ -268,6 +267,14 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
         downloads.atomic_write(path_file.resolve(), f"{engine}\n")
     progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
     click.echo(str(engine))
+
+
+def _check_modelfile_source(gguf: bool, sharded: bool, merge: Path | None) -> None:
+    """An Ollama Modelfile names one GGUF file: a merged one where the model is sharded."""
+    if not gguf:
+        raise UserError("--modelfile is for GGUF models")
+    if sharded and merge is None:
+        raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
 
 
 def _num_gpu(value: str | None, selection: models.Selection) -> int | None:
