@@ -124,7 +124,7 @@ def stage_context(build: BuildPlan, into: Path) -> None:
     # stages --source instead).
     top = build.target.folder
     shutil.copytree(top, into, dirs_exist_ok=True,
-                    ignore=lambda d, names: [n for n in names if Path(d) == top and (n in STAGE_EXCLUDES or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
+                    ignore=lambda d, names: [n for n in names if n == "__pycache__" or Path(d) == top and (n in STAGE_EXCLUDES or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
     (into / "Dockerfile").write_text(build.dockerfile)
     repo = build.target.folder.parent.parent
     for name in build.target.repo_files:

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Configure, compile and install llama.cpp's serving tools into PREFIX/bin.
-# The Dockerfile runs this script, and so does tests/gpu/run.sh on a bare GPU machine: one set of flags for both.
+# The Dockerfile runs this script, and so does tests/gpu/*.sh on a bare GPU machine: one set of flags for both.
+#
+# A portable build (CPU_TARGET=portable) also installs, for the entrypoint's choice of CPU kernels:
+#   PREFIX/lib/ggml-cpu/libggml-cpu-<variant>.so   one CPU backend per instruction-set generation, kept out of
+#                                                  bin/ so that ggml loads only the one GGML_BACKEND_PATH names
+#   PREFIX/bin/r1kit-cpu-variants                  prints ggml's score of each variant for this CPU
+#   PREFIX/share/r1kit/probe-<arch>.gguf           tiny Q4_0 models to probe with: llama, and deepseek2 (R1's)
+# The probe models are written by tiny_gguf.py (beside this script) with the source's own gguf-py (needs python3,
+# numpy and PyYAML).
 #
 # usage: build.sh SOURCE_DIR PREFIX
 # environment:
@@ -13,6 +21,7 @@
 #   JOBS                parallel compile jobs                     (default: all cores)
 set -euo pipefail
 
+here=$(cd "$(dirname "$0")" && pwd)
 src=${1:?usage: build.sh SOURCE_DIR PREFIX}
 prefix=${2:?usage: build.sh SOURCE_DIR PREFIX}
 build=${BUILD_DIR:-$src/build}
@@ -67,3 +76,12 @@ find "$build/bin" -maxdepth 1 -name '*.so*' -exec cp -P -t "$prefix/bin/" {} +
 for tool in "${tools[@]}"; do
   install -m 0755 "$build/bin/$tool" "$prefix/bin/"
 done
+
+if [ "${CPU_TARGET:-portable}" = portable ]; then
+  install -d "$prefix/lib/ggml-cpu" "$prefix/share/r1kit"
+  mv "$prefix"/bin/libggml-cpu-*.so "$prefix/lib/ggml-cpu/"
+  "${CC:-cc}" -O2 -o "$prefix/bin/r1kit-cpu-variants" "$here/cpu-variants.c" -ldl
+  for arch in llama deepseek2; do
+    PYTHONPATH="$src/gguf-py" python3 "$here/tiny_gguf.py" "$arch" --quant q4_0 "$prefix/share/r1kit/probe-$arch.gguf"
+  done
+fi

@@ -19,7 +19,8 @@ RUN --mount=type=cache,id=apt-cache-cuda,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,id=apt-lists-cuda,target=/var/lib/apt/lists,sharing=locked \
     rm -f /etc/apt/apt.conf.d/docker-clean \
     && apt-get update \
-    && apt-get install -y --no-install-recommends build-essential ca-certificates ccache cmake curl libssl-dev
+    && apt-get install -y --no-install-recommends build-essential ca-certificates ccache cmake curl libssl-dev \
+        python3 python3-numpy python3-yaml
 
 FROM toolchain AS source-github
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -38,12 +39,13 @@ FROM source AS build
 ARG CUDA_ARCHITECTURES=80;86;89;90;100;120
 # portable: every CPU kernel variant, the fastest picked at run time; native: -march=native, this host only.
 ARG CPU_TARGET=portable
-COPY build.sh /usr/local/bin/build-llamacpp
+# build.sh compiles; cpu-variants.c and tiny_gguf.py make what the entrypoint picks the CPU kernels with.
+COPY build.sh cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
 # ccache lives in a BuildKit cache mount: a rebuild after a small change recompiles only what changed.
 RUN --mount=type=cache,id=ccache-llamacpp-cuda,target=/root/.cache/ccache \
     CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" \
     CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
-    build-llamacpp /src/llama.cpp /opt/llama.cpp
+    bash /usr/local/share/r1kit-build/build.sh /src/llama.cpp /opt/llama.cpp
 
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG DEBIAN_FRONTEND=noninteractive
@@ -54,8 +56,10 @@ RUN --mount=type=cache,id=apt-cache-cuda,target=/var/cache/apt,sharing=locked \
     && apt-get install -y --no-install-recommends ca-certificates curl libgomp1 \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/llama llama \
     && install -d -o llama -g llama /models
-COPY --from=build /opt/llama.cpp/bin /opt/llama.cpp/bin
-# llama-server, reading the model's path from LLAMA_MODEL_PATH_FILE where LLAMA_ARG_MODEL is unset (the stacks).
+# bin/: the tools and ggml; lib/ggml-cpu/: the CPU kernel variants; share/r1kit/: the CPU probe's model.
+COPY --from=build /opt/llama.cpp /opt/llama.cpp
+# llama-server after choosing the CPU kernels that run here, reading the model's path from LLAMA_MODEL_PATH_FILE
+# where LLAMA_ARG_MODEL is unset (the stacks).
 COPY entrypoint.sh /usr/local/bin/r1kit-entrypoint
 
 ENV PATH=/opt/llama.cpp/bin:$PATH \

@@ -45,8 +45,8 @@ def timed_build(plan: build.BuildPlan, backend) -> tuple[float, list[str]]:
 
 
 def bench(docker, image: str, models: Path, name: str, threads: int) -> list[dict]:
-    out = docker.run(image, ["-m", f"/models/{name}", "-p", "512", "-n", "128", "-r", "1", "-t", str(threads), "-o", "json"],
-                     entrypoint="llama-bench", remove=True, volumes=[(str(models), "/models", "ro")])
+    out = docker.run(image, ["llama-bench", "-m", f"/models/{name}", "-p", "512", "-n", "128", "-r", "1", "-t", str(threads), "-o", "json"],
+                     remove=True, volumes=[(str(models), "/models", "ro")])
     return json.loads(out[out.index("["):])
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         models.chmod(0o755)
         # A 0.3B llama-shaped model with random weights, quantized to Q4_0 by the image's own llama-quantize.
         f16 = write_tiny_model(models / "bench-f16.gguf", n_embd=1024, n_layer=16, n_head=16, n_head_kv=4, n_ff=2816, n_vocab=32000, f16=True)
-        docker.run(PORTABLE, ["/models/bench-f16.gguf", "/models/bench-q4_0.gguf", "Q4_0"], entrypoint="llama-quantize", remove=True,
+        docker.run(PORTABLE, ["llama-quantize", "/models/bench-f16.gguf", "/models/bench-q4_0.gguf", "Q4_0"], remove=True,
                    volumes=[(str(models), "/models", "rw")], user=f"{os.getuid()}:{os.getgid()}")
         threads = os.cpu_count() or 1
         results: dict[tuple[str, str], list[float]] = {}

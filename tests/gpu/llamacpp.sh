@@ -34,19 +34,21 @@ if [ ! -e "$work/built-from" ]; then
 fi
 cat "$work/build-time.txt" >> "$out/toolchain.txt"
 bin=$work/prefix/bin
+# The tools run through the images' entrypoint, which picks the CPU kernels (the variants live outside bin/).
+entrypoint=(env "LLAMACPP_HOME=$work/prefix" "PATH=$bin:$PATH" sh "$repo/images/llamacpp/entrypoint.sh")
 
 # A 1.1B llama-architecture model with random weights (TinyLlama's shape), then Q4_0 with the image's quantizer.
 PYTHONPATH="$work/src/gguf-py:$repo/tests" python3 -c "
 from pathlib import Path
 from support.tiny_gguf import write_tiny_model
 write_tiny_model(Path('$work/model-f16.gguf'), n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000, f16=True)"
-"$bin/llama-quantize" "$work/model-f16.gguf" "$work/model-q4_0.gguf" Q4_0 > "$out/quantize.log" 2>&1
+"${entrypoint[@]}" llama-quantize "$work/model-f16.gguf" "$work/model-q4_0.gguf" Q4_0 > "$out/quantize.log" 2>&1
 
 # Serve with the stacks' flags: every layer on the GPU, layer split over one GPU, flash attention, an API key.
 server_flags=(-m "$work/model-q4_0.gguf" -ngl 99 --split-mode layer --tensor-split 1 --flash-attn on -c 4096
   --api-key gpu-test-key --host 127.0.0.1 --port 8090)
 echo "llama-server ${server_flags[*]}" | tee "$out/server-flags.txt"
-"$bin/llama-server" "${server_flags[@]}" > "$out/server.log" 2>&1 &
+"${entrypoint[@]}" llama-server "${server_flags[@]}" > "$out/server.log" 2>&1 &
 server=$!
 PYTHONPATH="$repo/tests" python3 - "$out" <<'PY'
 import json, sys
@@ -63,7 +65,7 @@ grep -E "offloaded|CUDA0|flash_attn|using device" "$out/server.log" | head -10 |
 
 bench_flags=(-ngl 99 -fa 1 -p 512 -n 128 -r 3)
 echo "llama-bench ${bench_flags[*]}" > "$out/bench-flags.txt"
-"$bin/llama-bench" -m "$work/model-q4_0.gguf" -m "$work/model-f16.gguf" "${bench_flags[@]}" -o json > "$out/bench.json" 2> "$out/bench.log"
+"${entrypoint[@]}" llama-bench -m "$work/model-q4_0.gguf" -m "$work/model-f16.gguf" "${bench_flags[@]}" -o json > "$out/bench.json" 2> "$out/bench.log"
 python3 -c "
 import json
 for r in json.load(open('$out/bench.json')):

@@ -193,8 +193,9 @@ def test_stage_writes_what_builder_build_stages(tmp_path: Path):
     out = tmp_path / "context"
     result = builder("stage", "llamacpp-cuda", "--variant", "cu13-blis", "--output", str(out))
     assert result.returncode == 0, result.stderr
-    # Not the template, the spec, the committed renders for compose (*.Dockerfile) or a local source/ folder.
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "build.sh", "entrypoint.sh"]
+    # Not the template, the spec, the committed renders for compose (*.Dockerfile), a local source/ folder or the
+    # tests' __pycache__ of tiny_gguf.py.
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "build.sh", "cpu-variants.c", "entrypoint.sh", "tiny_gguf.py"]
     rendered = builder("render", "llamacpp-cuda", "--set", "cuda_version=13.0.2", "--blas", "blis").stdout
     assert (out / "Dockerfile").read_text() == rendered
     assert (out / "build.sh").read_bytes() == (REPO / "images" / "llamacpp" / "build.sh").read_bytes()

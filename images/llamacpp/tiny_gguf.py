@@ -1,0 +1,253 @@
+"""Tiny GGUF models with random weights, written with the `gguf` package (or llama.cpp's own gguf-py).
+
+Two shapes: llama (the smallest model that serves) and deepseek2, DeepSeek-R1's own architecture (MLA
+attention, a leading dense block, shared plus routed experts, sigmoid routing), which reaches code paths a
+llama model never does. They load in llama.cpp and answer (nonsense, but non-empty) completions: enough to
+prove that an image serves, without a download. Sharded copies stand in for R1's multi-file quants.
+
+The llama.cpp images run this file at build time too (`python3 tiny_gguf.py deepseek2 --quant q4_0 OUT`): the
+entrypoint's CPU probe loads that model (see entrypoint.sh). The tests import it as `support.tiny_gguf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+# Weight types the writer can store; 2-D and 3-D weights take it, norms and biases stay F32 (as llama.cpp's
+# quantizer leaves them). Q4_0 and Q8_0 rows need a multiple of 32 values, so every width here is one.
+QUANTS = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+}
+FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
+
+WORDS = ["hello", "world", "one", "two", "three", "un", "deux", "trois", "quatre", "cinq", "the", "answer", "is"]
+
+
+def vocabulary(n_vocab: int = 0) -> tuple[list[bytes], list[float], list[int]]:
+    """A byte-fallback SentencePiece vocabulary: control tokens, the 256 bytes, a few words, then filler
+    words up to `n_vocab` (a realistic vocabulary size makes the output layer cost what it does for real)."""
+    words = WORDS + [f"w{i}" for i in range(max(0, n_vocab - 3 - 256 - len(WORDS)))]
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)] + [("\u2581" + w).encode() for w in words]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(words)
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(words))]
+    return tokens, scores, [int(t) for t in types]
+
+
+def write_tiny_model(
+    path: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int | None = None,
+    n_ff: int = 128,
+    n_vocab: int = 0,
+    f16: bool = False,
+    quant: str | None = None,
+    seed: int = 0,
+    split_max_tensors: int = 0,
+) -> Path:
+    """Write the model to `path` (a single GGUF file) and return it. The defaults make a 0.5 MB model;
+    n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_vocab=32000, f16=True a 1.1B one.
+    `quant` (one of QUANTS) stores the matrices in that type instead (the embedding stays F32/F16).
+    split_max_tensors=N writes shards of at most N tensors instead, named as llama.cpp names them
+    (`NAME-00001-of-00003.gguf`, with the split.* keys llama.cpp reads), and returns the first."""
+    rng = np.random.default_rng(seed)
+    dtype = np.float16 if f16 else np.float32
+    tokens, scores, types = vocabulary(n_vocab)
+    n_vocab = len(tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
+    w.add_name("tiny-test-llama")
+    w.add_context_length(512)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv or n_head)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(FILE_TYPES[quant] if quant else gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    _add_vocabulary(w, tokens, scores, types)
+
+    def plain(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype))
+
+    tensor = _weight_writer(w, rng, quant) if quant else plain
+    plain("token_embd.weight", n_vocab, n_embd)
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    tensor("output.weight", n_vocab, n_embd)
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        kv = n_embd // n_head * (n_head_kv or n_head)
+        tensor(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        tensor(f"blk.{i}.attn_k.weight", kv, n_embd)
+        tensor(f"blk.{i}.attn_v.weight", kv, n_embd)
+        tensor(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    return _finish(w, path, split_max_tensors)
+
+
+def _add_vocabulary(w: gguf.GGUFWriter, tokens: list[bytes], scores: list[float], types: list[int]) -> None:
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+
+def _finish(w: gguf.GGUFWriter, path: Path, split_max_tensors: int) -> Path:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shards = sorted(path.parent.glob(f"{path.stem}-*-of-*{path.suffix}"))
+    return shards[0] if split_max_tensors and shards else path
+
+
+def _weight_writer(w: gguf.GGUFWriter, rng: np.random.Generator, quant: str) -> Callable[..., None]:
+    """add(name, *shape): a random weight of numpy shape `shape` (ggml's dimensions reversed), stored as `quant`."""
+    qtype = QUANTS[quant]
+
+    def add(name: str, *shape: int) -> None:
+        data = rng.standard_normal(shape, dtype=np.float32) * 0.02
+        if qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, data)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, data.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+    return add
+
+
+def write_tiny_deepseek2(
+    path: Path,
+    *,
+    n_embd: int = 256,
+    n_layer: int = 2,
+    n_dense_lead: int = 1,
+    n_head: int = 4,
+    q_lora_rank: int = 64,
+    kv_lora_rank: int = 64,
+    qk_rope_dim: int = 32,
+    qk_nope_dim: int = 32,
+    v_head_dim: int = 32,
+    n_ff: int = 512,
+    n_ff_exp: int = 256,
+    n_expert: int = 8,
+    n_expert_used: int = 2,
+    n_expert_shared: int = 1,
+    n_vocab: int = 0,
+    quant: str = "f32",
+    seed: int = 0,
+    split_max_tensors: int = 0,
+) -> Path:
+    """A `deepseek2` GGUF laid out as llama.cpp's converter writes DeepSeek-R1 (MLA with the split k_b/v_b
+    tensors, `n_dense_lead` dense blocks, then MoE blocks with sigmoid gating, a routing bias and shared experts).
+    R1 itself: n_embd 7168, 61 layers (3 dense), 128 heads, q_lora 1536, kv_lora 512, rope 64, nope 128, v 128,
+    n_ff 18432, n_ff_exp 2048, 256 experts (8 used, 1 shared). The defaults make a 2 MB model whose widths are
+    multiples of 256, so that every quantized matrix multiplication can take the CPU's AMX and repacked paths.
+    `quant` is one of QUANTS; k-quants come from llama-quantize."""
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = vocabulary(n_vocab)
+    n_vocab = len(tokens)
+    k_mla = qk_nope_dim + qk_rope_dim
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "deepseek2", split_max_tensors=split_max_tensors)
+    w.add_name("tiny-test-deepseek2")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(1)  # MLA: one latent KV "head" shared by all heads
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_leading_dense_block_count(n_dense_lead)
+    w.add_vocab_size(n_vocab)
+    w.add_q_lora_rank(q_lora_rank)
+    w.add_kv_lora_rank(kv_lora_rank)
+    w.add_key_length(kv_lora_rank + qk_rope_dim)
+    w.add_value_length(kv_lora_rank)
+    w.add_key_length_mla(k_mla)
+    w.add_value_length_mla(v_head_dim)
+    w.add_expert_feed_forward_length(n_ff_exp)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_expert_used)
+    w.add_expert_shared_count(n_expert_shared)
+    w.add_expert_weights_scale(2.5)
+    w.add_expert_weights_norm(True)
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    w.add_rope_dimension_count(qk_rope_dim)
+    w.add_file_type(FILE_TYPES[quant])
+    _add_vocabulary(w, tokens, scores, types)
+
+    weight = _weight_writer(w, rng, quant)
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(name, np.ones(n, dtype=np.float32))
+
+    w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd), dtype=np.float32) * 0.02)
+    norm("output_norm.weight", n_embd)
+    weight("output.weight", n_vocab, n_embd)
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        norm(f"{b}.attn_norm.weight", n_embd)
+        norm(f"{b}.attn_q_a_norm.weight", q_lora_rank)
+        norm(f"{b}.attn_kv_a_norm.weight", kv_lora_rank)
+        weight(f"{b}.attn_q_a.weight", q_lora_rank, n_embd)
+        weight(f"{b}.attn_q_b.weight", n_head * k_mla, q_lora_rank)
+        weight(f"{b}.attn_kv_a_mqa.weight", kv_lora_rank + qk_rope_dim, n_embd)
+        weight(f"{b}.attn_k_b.weight", n_head, kv_lora_rank, qk_nope_dim)
+        weight(f"{b}.attn_v_b.weight", n_head, v_head_dim, kv_lora_rank)
+        weight(f"{b}.attn_output.weight", n_embd, n_head * v_head_dim)
+        norm(f"{b}.ffn_norm.weight", n_embd)
+        if i < n_dense_lead:
+            weight(f"{b}.ffn_gate.weight", n_ff, n_embd)
+            weight(f"{b}.ffn_up.weight", n_ff, n_embd)
+            weight(f"{b}.ffn_down.weight", n_embd, n_ff)
+            continue
+        w.add_tensor(f"{b}.ffn_gate_inp.weight", rng.standard_normal((n_expert, n_embd), dtype=np.float32) * 0.02)
+        w.add_tensor(f"{b}.exp_probs_b.bias", np.zeros(n_expert, dtype=np.float32))
+        weight(f"{b}.ffn_gate_exps.weight", n_expert, n_ff_exp, n_embd)
+        weight(f"{b}.ffn_up_exps.weight", n_expert, n_ff_exp, n_embd)
+        weight(f"{b}.ffn_down_exps.weight", n_expert, n_embd, n_ff_exp)
+        weight(f"{b}.ffn_gate_shexp.weight", n_ff_exp * n_expert_shared, n_embd)
+        weight(f"{b}.ffn_up_shexp.weight", n_ff_exp * n_expert_shared, n_embd)
+        weight(f"{b}.ffn_down_shexp.weight", n_embd, n_ff_exp * n_expert_shared)
+    return _finish(w, path, split_max_tensors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write a tiny random-weight GGUF model.")
+    parser.add_argument("arch", choices=["llama", "deepseek2"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--quant", choices=sorted(QUANTS), default="f32")
+    args = parser.parse_args()
+    if args.arch == "llama":
+        # Widths that are multiples of 256, so that quantized matrices can take the AMX and repacked paths.
+        write_tiny_model(args.out, n_embd=256, n_ff=512, quant=args.quant)
+    else:
+        write_tiny_deepseek2(args.out, quant=args.quant)
+
+
+if __name__ == "__main__":
+    main()
