@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -45,13 +46,79 @@ def test_cpu_image_has_no_cuda_or_blis_by_default():
     assert "nvidia" not in text and "blis" not in text.lower()
 
 
-def test_build_script_flags():
-    """The flags the issue asks for live in the one script both the image and the GPU machine run."""
-    script = (REPO / "images/llamacpp/build.sh").read_text()
-    for flag in ("-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON",
-                 "-DLLAMA_OPENSSL=ON", "-DGGML_BLAS=ON", "-DGGML_BLAS_VENDOR=FLAME", "CMAKE_CUDA_ARCHITECTURES"):
-        assert flag in script
-    assert "LLAMA_CURL" not in script
+BUILD_SH = REPO / "images/llamacpp/build.sh"
+
+
+@pytest.fixture
+def build_sh(tmp_path: Path):
+    """Runs images/llamacpp/build.sh with stand-ins for cmake, cc and python3 on PATH that record their arguments
+    (cmake --build leaves the tools and two CPU variant libraries where a real build does); returns the exit
+    status, cmake's configure arguments, and the installed files."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "calls"
+    for name, extra in {
+        "cmake": 'if [ "$1" = --build ]; then mkdir -p "$2/bin"; for f in llama-server llama-cli llama-bench llama-gguf-split '
+                 'llama-quantize libggml-base.so libggml-cpu-haswell.so libggml-cpu-zen4.so; do : > "$2/bin/$f"; done; fi',
+        "cc": 'while [ $# -gt 0 ]; do [ "$1" = -o ] && : > "$2"; shift; done',
+        "python3": 'eval "out=\\${$#}"; : > "$out"',
+    }.items():
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{extra}\n')
+        (stubs / name).chmod(0o755)
+
+    def run(**env: str) -> tuple[int, list[str], set[str], str]:
+        prefix = tmp_path / "prefix"
+        out = subprocess.run(["bash", str(BUILD_SH), str(tmp_path / "src"), str(prefix)], capture_output=True, text=True,
+                             env={"PATH": f"{stubs}:/usr/bin:/bin", **env})
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        configure = next((line.split()[1:] for line in lines if line.startswith("cmake -S")), [])
+        files = {str(p.relative_to(prefix)) for p in prefix.rglob("*") if p.is_file()} if prefix.exists() else set()
+        return out.returncode, configure, files, "\n".join(lines) + out.stderr
+
+    return run
+
+
+def test_build_script_portable_cpu(build_sh):
+    rc, args, files, log = build_sh()
+    assert rc == 0, log
+    for flag in ("-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DLLAMA_OPENSSL=ON", "-DLLAMA_BUILD_UI=OFF"):
+        assert flag in args
+    assert not [a for a in args if a.startswith(("-DGGML_CUDA", "-DGGML_BLAS", "-DLLAMA_CURL"))]
+    # The CPU variants leave bin/ (ggml would load them all from there); the scorer and both probe models are made.
+    assert {"lib/ggml-cpu/libggml-cpu-haswell.so", "lib/ggml-cpu/libggml-cpu-zen4.so", "bin/r1kit-cpu-variants",
+            "share/r1kit/probe-llama.gguf", "share/r1kit/probe-deepseek2.gguf", "bin/llama-server", "bin/libggml-base.so"} <= files
+    assert not [f for f in files if f.startswith("bin/libggml-cpu-")]
+    assert "tiny_gguf.py deepseek2 --quant q4_0" in log
+
+
+def test_build_script_cuda(build_sh):
+    rc, args, _, log = build_sh(ACCELERATOR="cuda", CUDA_ARCHITECTURES="90;120")
+    assert rc == 0, log
+    assert "-DGGML_CUDA=ON" in args and "-DCMAKE_CUDA_ARCHITECTURES=90;120" in args and "-DGGML_CPU_ALL_VARIANTS=ON" in args
+
+
+def test_build_script_cuda_needs_architectures(build_sh):
+    rc, _, _, log = build_sh(ACCELERATOR="cuda")
+    assert rc != 0 and "CUDA_ARCHITECTURES" in log
+
+
+def test_build_script_blis(build_sh):
+    rc, args, _, log = build_sh(BLAS="blis", BLIS_PREFIX="/opt/blis")
+    assert rc == 0, log
+    assert {"-DGGML_BLAS=ON", "-DGGML_BLAS_VENDOR=FLAME", "-DCMAKE_PREFIX_PATH=/opt/blis", "-DBLAS_INCLUDE_DIRS=/opt/blis/include/blis"} <= set(args)
+
+
+def test_build_script_native(build_sh):
+    rc, args, files, log = build_sh(CPU_TARGET="native")
+    assert rc == 0, log
+    assert "-DGGML_NATIVE=ON" in args and "-DGGML_CPU_ALL_VARIANTS=ON" not in args
+    assert not [f for f in files if f.startswith(("lib/", "share/"))], "a native build has one CPU backend: nothing to choose"
+
+
+@pytest.mark.parametrize("env", [{"ACCELERATOR": "rocm"}, {"BLAS": "openblas"}, {"CPU_TARGET": "fast"}])
+def test_build_script_rejects_unknown_settings(build_sh, env: dict[str, str]):
+    rc, args, _, log = build_sh(**env)
+    assert rc == 2 and args == [] and "must be" in log
 
 
 @pytest.mark.parametrize(
