@@ -3,13 +3,13 @@
 # llama.cpp tool named first: `docker run IMAGE llama-bench -m ...`) with every argument passed through.
 #
 # CPU kernels. The image carries one ggml CPU backend per x86 (or Arm) generation in $LLAMACPP_HOME/lib/ggml-cpu;
-# ggml would load the one scoring highest for this CPU. On Xeons with AMX that one, sapphirerapids, aborted on
-# DeepSeek-R1's architecture (deepseek2) unless weight repacking was off, and on some hosts died with SIGILL on
-# Q4_0/Q8_0/Q4_K weights (docs/PERFORMANCE.md). So before the server starts, the variants run a tiny Q4_0 model of
-# the served model's architecture family (deepseek2, or llama for everything else) in a child process, best first,
-# and the first that runs is loaded (GGML_BACKEND_PATH). For deepseek2 a variant is tried with repacking off
-# (LLAMA_ARG_REPACK=0) before the next variant: measured faster there. LLAMACPP_CPU_VARIANT=<name> skips the
-# probe; a GGML_BACKEND_PATH or LLAMA_ARG_REPACK set by the user is kept.
+# ggml would load the one scoring highest for this CPU. On Xeons with AMX that one, sapphirerapids, aborts on
+# DeepSeek-R1's architecture (deepseek2) unless weight repacking is off, and on some hosts dies with SIGILL on
+# Q4_0/Q8_0/Q4_K weights, while it is the fastest for llama-architecture models where it runs (docs/PERFORMANCE.md).
+# So before the server starts, the variants run a tiny Q4_0 model of the served model's architecture family
+# (deepseek2, or llama for everything else) in a child process, best first, and the first that runs is loaded
+# (GGML_BACKEND_PATH); the probe takes about 0.2 s. LLAMACPP_CPU_VARIANT=<name> skips the probe; a
+# GGML_BACKEND_PATH set by the user wins, and LLAMA_ARG_REPACK (0 turns repacking off) applies to the probe too.
 #
 # The model. A split GGUF loads only given its first shard's real name (NAME-00001-of-0000N.gguf), which a compose
 # file cannot know from the model's name alone. The stacks' model-init writes the path it downloaded to a pointer
@@ -85,24 +85,18 @@ choose_cpu_variant() {
         [ "$arch" = deepseek2 ] || arch=llama
     fi
     probe_model=$home/share/r1kit/probe-$arch.gguf
-    case ${LLAMA_ARG_REPACK:-} in
-        "") repacks="1"; [ "$arch" = deepseek2 ] && repacks="1 0" ;;
-        0|false|off|disabled) repacks=0 ;;
-        *) repacks=1 ;;
+    case ${LLAMA_ARG_REPACK:-1} in
+        0|false|off|disabled) repack=0; LLAMA_ARG_REPACK=0 ;;  # normalised for llama-bench's flag below
+        *) repack=1 ;;
     esac
     # Variants this CPU can run (score > 0), best first, as ggml ranks them.
     for lib in $(LD_LIBRARY_PATH="$home/bin" r1kit-cpu-variants "$variants"/libggml-cpu-*.so | sort -rn | sed -n 's/^[1-9][0-9]* //p'); do
-        for repack in $repacks; do
-            if probe "$lib" "$repack"; then
-                export GGML_BACKEND_PATH="$lib"
-                if [ "$repack" = 0 ] && [ -z "${LLAMA_ARG_REPACK:-}" ]; then
-                    export LLAMA_ARG_REPACK=0
-                fi
-                say "CPU variant $(variant_name "$lib")$([ "$repack" = 1 ] || echo ', repacking off') for a $arch model" \
-                    "(the best that ran the probe; LLAMACPP_CPU_VARIANT chooses another)"
-                return 0
-            fi
-        done
+        if probe "$lib" "$repack"; then
+            export GGML_BACKEND_PATH="$lib"
+            say "CPU variant $(variant_name "$lib") for a $arch model$([ "$repack" = 1 ] || echo ', repacking off')" \
+                "(the best that ran the probe; LLAMACPP_CPU_VARIANT chooses another)"
+            return 0
+        fi
     done
     say "no CPU variant in $variants ran the probe model; set LLAMACPP_CPU_VARIANT (see docs/PERFORMANCE.md)"
     exit 1

@@ -22,16 +22,17 @@ fi
 
 if [ ! -e "$work/built-from" ]; then
   start=$(date +%s)
-  ACCELERATOR=cpu JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1 \
-    || { tail -40 "$out/build.log"; exit 1; }
+  ACCELERATOR=cpu JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$work/build.log" 2>&1 \
+    || { tail -40 "$work/build.log"; exit 1; }
   echo "build (cpu, every CPU variant): $(( $(date +%s) - start )) s" | tee "$work/build-time.txt"
   echo "$stamp" > "$work/built-from"
 fi
-cat "$work/build-time.txt"
+cat "$work/build-time.txt" | tee -a "$out/cpu.txt"
 home=$work/prefix
 bin=$home/bin
 export PATH="$bin:$PATH"
-LD_LIBRARY_PATH=$bin r1kit-cpu-variants "$home"/lib/ggml-cpu/*.so | sort -rn | tee "$out/scores.txt"
+LD_LIBRARY_PATH=$bin r1kit-cpu-variants "$home"/lib/ggml-cpu/*.so | sort -rn > "$work/scores.txt"
+{ echo "ggml's scores of the CPU variants here:"; cat "$work/scores.txt"; } | tee -a "$out/cpu.txt"
 
 # Models: llama of 246M parameters (the CPU benchmark's shape) and an R1-shaped deepseek2, each F16 and quantized
 # with the build's own llama-quantize into the types the AMX path takes.
@@ -56,7 +57,7 @@ PY
   done
   touch "$models/done"
 fi
-ls -la "$models" > "$out/models.txt"
+ls -la "$models" >> "$out/cpu.txt"
 
 # 1. Does it run? The variants a user's Xeon may load, every model (exit 132 is SIGILL, 134 an abort), and the
 #    AMX variant with repacking off.
@@ -65,35 +66,44 @@ echo "variant model repack exit" > "$out/matrix.txt"
 : > "$out/failures.txt"
 run_one() {  # run_one VARIANT MODEL REPACK
   lib=$home/lib/ggml-cpu/libggml-cpu-$1.so
-  GGML_BACKEND_PATH=$lib timeout 60 llama-bench -m "$2" -p 32 -n 4 -r 1 -t "$threads" --repack "$3" -o csv > /dev/null 2> "$out/last.err"
+  GGML_BACKEND_PATH=$lib timeout 60 llama-bench -m "$2" -p 32 -n 4 -r 1 -t "$threads" --repack "$3" -o csv > /dev/null 2> "$work/last.err"
   rc=$?
   echo "$1 $(basename "$2" .gguf) $3 $rc" >> "$out/matrix.txt"
-  [ "$rc" = 0 ] || { echo "--- $1 $(basename "$2") repack=$3 exit $rc"; grep -v '^\s*$' "$out/last.err" | tail -2; } >> "$out/failures.txt"
+  [ "$rc" = 0 ] || { echo "--- $1 $(basename "$2") repack=$3 exit $rc"; grep -v '^\s*$' "$work/last.err" | tail -2; } >> "$out/failures.txt"
 }
 for v in $matrix_variants; do
-  grep -q "libggml-cpu-$v.so" "$out/scores.txt" && grep -q "^[1-9][0-9]* .*libggml-cpu-$v.so" "$out/scores.txt" || { echo "$v: not runnable here" >> "$out/matrix.txt"; continue; }
+  grep -q "libggml-cpu-$v.so" "$work/scores.txt" && grep -q "^[1-9][0-9]* .*libggml-cpu-$v.so" "$work/scores.txt" || { echo "$v: not runnable here" >> "$out/matrix.txt"; continue; }
   for model in "$models"/*.gguf; do run_one "$v" "$model" 1; done
 done
 for model in "$models"/*.gguf; do run_one sapphirerapids "$model" 0; done
 column -t "$out/matrix.txt" || cat "$out/matrix.txt"
 cat "$out/failures.txt"
 
-# 2. What the entrypoint picks, and the probe's own words.
-LLAMACPP_HOME=$home sh "$repo/images/llamacpp/entrypoint.sh" llama-bench -m "$models/llama-Q4_0.gguf" -p 32 -n 4 -r 1 -o csv \
-  > /dev/null 2> "$out/entrypoint.txt"; echo "entrypoint exit $?" >> "$out/entrypoint.txt"
-grep -v '^\s*$' "$out/entrypoint.txt" | grep -E "r1kit|exit" 
+# 2. What the entrypoint picks for each model, in its own words, and what the probe costs at start.
+: > "$out/entrypoint.txt"
+for m in llama-Q4_0 llama-Q4_K_M ds2-Q4_0 ds2-Q4_K_M ds2-f16; do
+  start=$(date +%s.%N)
+  LLAMACPP_HOME=$home sh "$repo/images/llamacpp/entrypoint.sh" llama-bench -m "$models/$m.gguf" -p 32 -n 4 -r 1 -o csv \
+    > /dev/null 2> "$work/entrypoint.err"
+  rc=$?
+  { echo "== $m: exit $rc, $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $start }") s with the bench"; grep -E "r1kit|loaded CPU" "$work/entrypoint.err"; } >> "$out/entrypoint.txt"
+done
+start=$(date +%s.%N)
+LLAMACPP_HOME=$home sh "$repo/images/llamacpp/entrypoint.sh" llama-quantize --help > /dev/null 2>&1
+echo "== the probe alone (no model named: deepseek2), then llama-quantize --help: $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $start }") s" >> "$out/entrypoint.txt"
+cat "$out/entrypoint.txt"
 
 # 3. Speed, side by side, one model at a time (a crash loses only its own row).
 rm -f "$out/bench.jsonl"
 bench() {  # bench LABEL VARIANT REPACK
-  for m in llama-Q4_0 llama-Q4_K_M llama-f16 ds2-Q4_K_M; do
+  for m in llama-Q4_0 llama-Q8_0 llama-Q4_K_M ds2-Q4_0 ds2-Q8_0 ds2-Q4_K_M; do
     GGML_BACKEND_PATH=$home/lib/ggml-cpu/libggml-cpu-$2.so timeout 120 llama-bench -m "$models/$m.gguf" \
       -p 512 -n 128 -r 2 -t "$threads" --repack "$3" -o jsonl 2>/dev/null | sed "s/^{/{\"label\": \"$1\", /" >> "$out/bench.jsonl"
   done
 }
 for label in ${BENCH:-sapphirerapids:sapphirerapids:1 sapphirerapids-repack0:sapphirerapids:0 zen4:zen4:1 icelake:icelake:1 haswell:haswell:1}; do
   IFS=: read -r l v r <<< "$label"
-  grep -q "^[1-9][0-9]* .*libggml-cpu-$v.so" "$out/scores.txt" && bench "$l" "$v" "$r"
+  grep -q "^[1-9][0-9]* .*libggml-cpu-$v.so" "$work/scores.txt" && bench "$l" "$v" "$r"
 done
 python3 - "$out/bench.jsonl" <<'PY' | tee "$out/bench.md"
 import json, sys
