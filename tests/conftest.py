@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +18,13 @@ from support.prerequisites import REPO, ensure_base_image, llamacpp_source
 from support.local_hub import LocalHub
 from support.tiny_gguf import write_tiny_model
 
-# Tags of the images the suite builds; the stack tests run these too.
-LLAMACPP_CPU = "r1kit-test/llamacpp-cpu:test"
-LLAMACPP_CPU_BLIS = "r1kit-test/llamacpp-cpu:test-blis"
-MODEL_INIT = "r1kit-test/model-init:test"
+# Tags of the images the suite builds; the stack tests run these too. Each run tags its own: a fixed tag can be
+# re-tagged mid-run by another checkout's suite on the same daemon (seen: 9 tests failing against the other
+# checkout's image). The build cache stays shared, so a second run's builds are still cache hits.
+RUN = f"run-{os.getpid()}-{secrets.token_hex(3)}"
+LLAMACPP_CPU = f"r1kit-test/llamacpp-cpu:{RUN}"
+LLAMACPP_CPU_BLIS = f"r1kit-test/llamacpp-cpu:{RUN}-blis"
+MODEL_INIT = f"r1kit-test/model-init:{RUN}"
 
 
 def builder(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -35,6 +40,19 @@ def backend() -> Backend:
 @pytest.fixture(scope="session")
 def docker(backend: Backend) -> DockerClient:
     return backend.whales()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def untag_this_runs_images() -> Iterator[None]:
+    """At the end of the session, remove the tags this run made (the layers stay in the build cache)."""
+    yield
+    if shutil.which("docker") is None:
+        return
+    refs = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference=r1kit-test/*"],
+                          capture_output=True, text=True).stdout.split()
+    mine = [ref for ref in refs if ref.split(":", 1)[1].startswith(RUN)]
+    if mine:
+        subprocess.run(["docker", "image", "rm", *mine], capture_output=True)
 
 
 @pytest.fixture(scope="session")
