@@ -34,7 +34,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from builder.errors import UserError
+from builder.errors import UserError, shown
 from builder.models import Selection, describe_files
 from builder.progress import DownloadProgress, human
 
@@ -129,6 +129,27 @@ def hub_errors(selection: Selection, token: str | None) -> Iterator[None]:
         raise UserError(f"cannot reach {where} ({type(e).__name__}: {e}); check the network, or set HF_ENDPOINT to a mirror") from None
 
 
+# --- paths under DEST ----------------------------------------------------------------------------------------------
+
+
+def target_in(dest: Path, path: str) -> Path:
+    """DEST/<path>, where a listed file lands; a UserError where the path could leave DEST. The listing comes from
+    the Hub or whatever HF_ENDPOINT names, so it is input: `../x`, `/etc/x`, `a\\..\\x` (a Windows reader's `..`)
+    or a path through a symlink in DEST that points elsewhere are refused before anything is written."""
+    parts = path.split("/")
+    bad = (
+        not path
+        or "\\" in path
+        or "\0" in path
+        or re.match(r"^[A-Za-z]:", path) is not None  # a drive letter
+        or any(part in ("", ".", "..") for part in parts)  # also a leading "/" (an absolute path) and "a//b"
+    )
+    target = dest / path
+    if bad or not target.resolve().is_relative_to(dest.resolve()):
+        raise UserError(f"the file listing names {shown(path, 200)}, which is outside {dest}: refusing to download it (a Hub repo holds no such path; check the repo and HF_ENDPOINT)")
+    return target
+
+
 # --- local state: partial files, verified files, the done marker ---------------------------------------------------
 
 
@@ -178,10 +199,13 @@ def done(selection: Selection, dest: Path) -> Path | None:
     state = _read_state(_state_path(dest, selection))
     if not state.get("complete"):
         return None
-    for path, record in state["files"].items():
-        if _stat_key(dest / path) != record["stat"]:
-            return None
-    return dest / state["engine_path"]
+    try:
+        for path, record in state["files"].items():
+            if _stat_key(target_in(dest, path)) != record["stat"]:
+                return None
+        return target_in(dest, state["engine_path"])
+    except UserError:  # a marker edited by hand: take the slow path, which checks the listing again
+        return None
 
 
 # --- preflight -----------------------------------------------------------------------------------------------------
@@ -234,7 +258,8 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
 
 
 def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None) -> Plan:
-    """List the files and sizes, check that they fit: the preflight. Fetches no model byte, writes nothing."""
+    """List the files and sizes, check that every path stays under DEST and that they fit: the preflight. Fetches
+    no model byte, writes nothing."""
     dest = dest.resolve()
     api = HfApi(endpoint=endpoint(), token=token or False)
     with hub_errors(selection, token):
@@ -251,6 +276,8 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
             # A gated repo lists its files to anyone; a token without access (terms not accepted) fails only on a
             # file. Ask for one file's headers now rather than after the log has started.
             get_hf_file_metadata(hf_hub_url(selection.repo, files[0].path, revision=commit, endpoint=endpoint()), token=token)
+    for f in files:  # every path this run would write, before it writes any
+        target_in(dest, f.path)
     fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
     engine = _engine_path(selection, files, dest, fmt)
     if merge is not None and SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
@@ -352,7 +379,7 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
 
 def _fetch_all(p: Plan, token: str | None, progress: DownloadProgress, headers: dict[str, str], verified: dict, state_path: Path, verify: bool) -> None:
     for index, f in enumerate(p.files, 1):
-        target = p.dest / f.path
+        target = target_in(p.dest, f.path)
         progress.file_start(index, f.path, f.size)
         trusted = not verify and f.path in verified and _stat_key(target) == verified[f.path]["stat"]
         if not trusted:
