@@ -116,7 +116,7 @@ def hub_errors(selection: Selection, token: str | None) -> Iterator[None]:
     except GatedRepoError:
         raise UserError(f"{selection.repo} is gated: {TOKEN_HINT}") from None
     except RevisionNotFoundError:
-        raise UserError(f"{selection.repo} has no revision {selection.revision!r}") from None
+        raise UserError(f"{selection.repo} has no revision {shown(selection.revision)}") from None
     except RepositoryNotFoundError:
         hint = "" if token else f" (if it is private or gated: {TOKEN_HINT})"
         raise UserError(f"no repository {selection.repo} at {where}: check the name{hint}") from None
@@ -270,7 +270,7 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
         listing = _listing(api, selection, commit)
         files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
         if not files:
-            what = f"quant {selection.quant!r}" if selection.quant else f"--include {' '.join(selection.include)}"
+            what = f"quant {shown(selection.quant)}" if selection.quant else f"--include {shown(' '.join(selection.include), 200)}"
             raise UserError(f"nothing in {selection.repo} matches {what}; it has: {describe_files(f.path for f in listing)}")
         if info.gated:
             # A gated repo lists its files to anyone; a token without access (terms not accepted) fails only on a

@@ -65,3 +65,41 @@ def test_a_safe_path_is_checked_against_dest_resolved():
     for bad in ("", "a//b", "./a", "a/./b", "..", "a/..", "C:/x.gguf", "a\x00b", "/etc/passwd"):
         with pytest.raises(UserError):
             downloads.target_in(dest, bad)
+
+
+# --- 3. bad input is one line and exit 2, before any download -------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo", ["a/..", "a/-b", "a/b..c", "a/" + "b" * 98, "a/b--c", "a/b.git"])
+def test_repo_ids_the_hub_rejects_are_one_line_errors(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, repo: str):
+    before = len(local_hub.requests)
+    line = one_line_error(builder("download", f"{repo}:Q4_K_M", "--dest", str(tmp_path / "m"), env=hub_env))
+    assert "not a Hub repository id" in line and len(line) < 300, line
+    assert len(local_hub.requests) == before and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("flag", ["--path-file", "--modelfile", "--merge", "--dest"])
+def test_an_output_under_a_regular_file_is_refused_before_the_download(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, flag: str):
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file\n")
+    dest = tmp_path / "models"
+    args = ["--dest", str(afile / "sub")] if flag == "--dest" else ["--dest", str(dest), flag, str(afile / "sub" / "x")]
+    before = gguf_gets(local_hub)
+    line = one_line_error(builder("download", *args, env=hub_env))
+    assert f"{afile} is not a folder" in line and "again" not in line, line
+    assert gguf_gets(local_hub) == before and not dest.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--num-ctx", str(10**30)], "--num-ctx"),
+    (["--num-ctx", "100"], "--num-ctx"),
+    (["--num-gpu", str(10**30)], "--num-gpu"),
+    (["--num-gpu", "-1"], "--num-gpu"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_options_are_one_line_errors_before_any_request(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, args: list[str], message: str):
+    before = len(local_hub.requests)
+    result = builder("download", "--dest", str(tmp_path / "m"), *args, env=hub_env)
+    line = one_line_error(result)
+    assert message in line and "--help" in line and len(line) < 400, line
+    assert len(local_hub.requests) == before and not (tmp_path / "m").exists()
