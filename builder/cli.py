@@ -313,6 +313,8 @@ def _download(o: DownloadOptions) -> None:
             check_file(path, flag)
     progress = DownloadProgress()
     dest = dest.resolve()
+    if not o.dry_run:
+        downloads.clean_leftovers(dest, selection)
     engine = None if (o.verify or o.dry_run) else downloads.done(selection, dest)
     if engine is not None:
         progress.note(f"{selection.label}: already downloaded and verified in {dest}")

@@ -178,6 +178,14 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def clean_leftovers(dest: Path, selection: Selection) -> None:
+    """Remove the temporary files of this selection's done marker that a killed run left behind (killed between
+    writing one and renaming it). Only this selection's: another selection's run may be writing its own now."""
+    state = _state_path(dest, selection)
+    for tmp in state.parent.glob(f".{state.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _read_state(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

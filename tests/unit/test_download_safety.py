@@ -103,3 +103,26 @@ def test_bad_options_are_one_line_errors_before_any_request(local_hub: LocalHub,
     line = one_line_error(result)
     assert message in line and "--help" in line and len(line) < 400, line
     assert len(local_hub.requests) == before and not (tmp_path / "m").exists()
+
+
+# --- 4. leftovers of a killed run -----------------------------------------------------------------------------------
+
+
+def test_temp_files_a_killed_run_left_are_cleaned_on_the_next_run(hub_env: dict[str, str], tmp_path: Path):
+    dest = tmp_path / "models"
+    builder("download", "--dest", str(dest), env=hub_env, check=True)
+    (marker,) = (dest / ".r1kit").glob("*.json")
+    # Killed between writing a marker and renaming it: atomic_write's temp name (mkstemp's) stays behind.
+    stale = [dest / ".r1kit" / f".{marker.name}.k1ll3d_{i}.tmp" for i in range(2)]
+    for path in stale:
+        path.write_text("{}")
+    other = dest / ".r1kit" / ".0123456789abcdef.json.notours.tmp"  # another selection's: left alone
+    other.write_text("{}")
+    result = builder("download", "--dest", str(dest), env=hub_env, check=True)  # the instant path (done marker)
+    assert "already downloaded" in result.stderr
+    assert not any(p.exists() for p in stale) and other.exists()
+    # ... and on a run that fetches (the marker is gone, so it verifies and writes it again).
+    marker.unlink()
+    stale[0].write_text("{}")
+    builder("download", "--dest", str(dest), env=hub_env, check=True)
+    assert not stale[0].exists()
