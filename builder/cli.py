@@ -67,6 +67,20 @@ class Command(click.Group):
             ctx.exit(128 + signal.SIGINT)
 
 
+class Size(click.ParamType):
+    """A size such as 500M or 2G (downloads.parse_size)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return downloads.parse_size(str(value))
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
 class Layers(click.ParamType):
     """--num-gpu: a number of layers, or `auto`."""
 
@@ -277,6 +291,8 @@ def list_models(as_json: bool) -> None:
 @click.option("--num-ctx", type=click.IntRange(512, NUM_CTX_MAX), default=8192, show_default=True, help="The Modelfile's context length.")
 @click.option("--num-gpu", type=Layers(), help="The Modelfile's layers on the GPU: a number, or auto to let ollama decide (default: every layer where the catalog knows the count).")
 @click.option("--path-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Also write the engine's model path to FILE.")
+@click.option("--min-free", type=Size(), metavar="SIZE",
+              help="Space to leave free after the download, e.g. 500M or 2G (default: 3% of what is written, at least 16 MiB).")
 def download(**options: Any) -> None:
     """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
     into DEST, resumably and verified; print the path the engine loads."""
@@ -298,6 +314,7 @@ class DownloadOptions:
     num_ctx: int
     num_gpu: int | str | None
     path_file: Path | None
+    min_free: int | None
 
 
 def _download(o: DownloadOptions) -> None:
@@ -322,7 +339,7 @@ def _download(o: DownloadOptions) -> None:
         if not o.dry_run:
             check_folder(dest, "--dest")
         token = downloads.read_token()
-        plan = downloads.plan(selection, dest, token, merge=merge)
+        plan = downloads.plan(selection, dest, token, merge=merge, min_free=o.min_free)
         if o.dry_run:
             click.echo("\n".join(downloads.describe(plan)))
             return

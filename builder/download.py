@@ -19,6 +19,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
 
@@ -38,9 +39,13 @@ from builder.errors import UserError, shown
 from builder.models import Selection, describe_files
 from builder.progress import DownloadProgress, human
 
-GIB = 1024**3
-MARGIN_FRACTION = 0.05  # free-space margin: 5% of what is still to fetch, plus 1 GiB for logs and metadata
-MARGIN_FIXED = GIB
+MIB = 1024**2
+# Free space left after the download unless --min-free says otherwise: 3% of what is written, at least 16 MiB for
+# the markers and logs. It scales with the download: a fixed gigabyte refused a 465 KiB model on 50 MiB free.
+MARGIN_FRACTION = 0.03
+MARGIN_FLOOR = 16 * MIB
+SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([KMGT]?)(?:I?B)?$", re.IGNORECASE)
+SIZE_MAX = 2**60  # an exbibyte: anything larger is a typo
 DEFAULT_TOKEN_PATH = Path("/run/secrets/hf_token")  # where compose mounts a `secrets: [hf_token]`
 TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose secret), and accept the model's terms on its Hub page"
 STATE_DIR = ".r1kit"
@@ -248,10 +253,44 @@ def _listing(api: HfApi, selection: Selection, commit: str) -> list[RemoteFile]:
 
 
 def _free_space(dest: Path) -> int:
-    probe = dest
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    return shutil.disk_usage(_nearest(dest)).free
+
+
+def _nearest(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def margin(needed: int, min_free: int | None = None) -> int:
+    """Space to leave free once `needed` bytes are written: --min-free, else a few percent of the download with a
+    small floor. Nothing to write, nothing to keep free."""
+    if not needed:
+        return 0
+    return min_free if min_free is not None else max(MARGIN_FLOOR, int(needed * MARGIN_FRACTION))
+
+
+def parse_size(text: str) -> int:
+    """`500M`, `2G`, `1.5GiB`, `100K`, `0`: bytes, in binary units as the preflight prints them."""
+    m = SIZE.match(text.strip())
+    if not m:
+        raise UserError(f"{shown(text)} is not a size such as 500M, 2G or 0")
+    value = Decimal(m[1]) * 1024 ** "_KMGT".index((m[2] or "_").upper())
+    if value > SIZE_MAX:
+        raise UserError(f"{shown(text)} is larger than any disk")
+    return int(value)
+
+
+def _check_space(where: Path, what: str, needed: int, min_free: int | None) -> int:
+    """The free space at `where`; a UserError if `needed` bytes and the margin do not fit."""
+    free = _free_space(where)
+    keep = margin(needed, min_free)
+    if needed + keep > free:
+        raise UserError(
+            f"not enough space in {where}: {what} needs {human(needed)} more (+ {human(keep)} margin), "
+            f"{human(free)} is free; free some space, choose another --dest, or set the margin with --min-free"
+        )
+    return free
 
 
 def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
@@ -265,7 +304,7 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
     return max(f.size - have, 0)
 
 
-def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None) -> Plan:
+def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, min_free: int | None = None) -> Plan:
     """List the files and sizes, check that every path stays under DEST and that they fit: the preflight. Fetches
     no model byte, writes nothing."""
     dest = dest.resolve()
@@ -295,16 +334,8 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
     extra = 0
     if merge is not None and not merge.exists():
         extra = sum(f.size for f in files if f.path.endswith(".gguf"))
-    free = _free_space(dest)
-    p = Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
-    needed = p.to_fetch + p.extra
-    margin = int(needed * MARGIN_FRACTION) + MARGIN_FIXED if needed else 0
-    if needed + margin > free:
-        raise UserError(
-            f"not enough space in {dest}: {selection.label} needs {human(needed)} more (+ {human(margin)} margin), "
-            f"{human(free)} is free; free some space or choose another --dest"
-        )
-    return p
+    free = _check_space(dest, selection.label, to_fetch + extra, min_free)
+    return Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
 
 
 def describe(p: Plan) -> list[str]:

@@ -95,6 +95,9 @@ def test_an_output_under_a_regular_file_is_refused_before_the_download(local_hub
     (["--num-ctx", "100"], "--num-ctx"),
     (["--num-gpu", str(10**30)], "--num-gpu"),
     (["--num-gpu", "-1"], "--num-gpu"),
+    (["--min-free", "banana"], "--min-free"),
+    (["--min-free", "-5M"], "--min-free"),
+    (["--min-free", "1" + "0" * 100_000], "--min-free"),
     (["--bogus"], "--bogus"),
 ])
 def test_bad_options_are_one_line_errors_before_any_request(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, args: list[str], message: str):
@@ -126,3 +129,56 @@ def test_temp_files_a_killed_run_left_are_cleaned_on_the_next_run(hub_env: dict[
     stale[0].write_text("{}")
     builder("download", "--dest", str(dest), env=hub_env, check=True)
     assert not stale[0].exists()
+
+
+# --- 7. the free-space margin ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def small_volume(tmp_path: Path, request: pytest.FixtureRequest):
+    """A small tmpfs (2 MiB unless the test is parametrized with `size`): a real filesystem that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the test machines and CI run as root)")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    size = getattr(request, "param", "2m")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("small_volume", ["50m"], indirect=True)
+def test_a_small_model_fits_a_small_volume(local_hub: LocalHub, hub_env: dict[str, str], small_volume: Path):
+    dest = small_volume / "models"
+    result = builder("download", "r1-671b-ud-iq1_s", "--dest", str(dest), env=hub_env, check=True)
+    assert result.stdout.strip() == str(dest / SHARDS[0])
+
+
+def test_min_free_sets_the_margin(local_hub: LocalHub, hub_env: dict[str, str], small_volume: Path):
+    dest = small_volume / "models"
+    line = one_line_error(builder("download", "r1-671b-ud-iq1_s", "--dest", str(dest), "--min-free", "1G", env=hub_env))
+    assert "(+ 1.0 GiB margin)" in line and "--min-free" in line, line
+    builder("download", "r1-671b-ud-iq1_s", "--dest", str(dest), "--min-free", "100K", env=hub_env, check=True)
+    assert sha256(dest / SHARDS[2]) == hub_sha(local_hub, R1_REPO, SHARDS[2])
+
+
+def test_the_margin_scales_with_the_download():
+    assert downloads.margin(0) == 0
+    assert downloads.margin(500 * 1024) == downloads.MARGIN_FLOOR  # a tiny model: the floor, not a gigabyte
+    assert downloads.margin(1_120_000_000) < 100 * MiB  # the default model: well under 2.2 GiB in all
+    assert downloads.margin(131 * 10**9) == int(131 * 10**9 * downloads.MARGIN_FRACTION)
+    assert downloads.margin(131 * 10**9, min_free=0) == 0
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("500M", 500 * MiB), ("2G", 2 * 1024**3), ("2GiB", 2 * 1024**3), ("1.5g", 3 * 1024**3 // 2),
+                                             ("100K", 100 * 1024), ("123", 123), ("10 MB", 10 * MiB), ("1T", 1024**4)])
+def test_sizes_parse(text: str, value: int):
+    assert downloads.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "banana", "-5M", "5X", "1e9", "M", "1.2.3G", "nan"])
+def test_bad_sizes_are_refused(text: str):
+    with pytest.raises(UserError):
+        downloads.parse_size(text)
