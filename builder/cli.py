@@ -286,7 +286,9 @@ def list_models(as_json: bool) -> None:
 @click.option("--revision", help="Branch, tag or commit of the repo (default: the catalog's, or main).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, destination, free space) and fetch nothing.")
 @click.option("--verify", is_flag=True, help="Hash every file again, even those a previous run verified.")
-@click.option("--merge", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.gguf", help="Also join the shards into one file (llama-gguf-split).")
+@click.option("--merge", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.gguf",
+              help="Also join the shards into one file (llama-gguf-split; a single file is hard-linked).")
+@click.option("--force", is_flag=True, help="Let --merge overwrite an existing OUT.gguf that builder did not write.")
 @click.option("--modelfile", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write an Ollama Modelfile.")
 @click.option("--num-ctx", type=click.IntRange(512, NUM_CTX_MAX), default=8192, show_default=True, help="The Modelfile's context length.")
 @click.option("--num-gpu", type=Layers(), help="The Modelfile's layers on the GPU: a number, or auto to let ollama decide (default: every layer where the catalog knows the count).")
@@ -310,6 +312,7 @@ class DownloadOptions:
     dry_run: bool
     verify: bool
     merge: Path | None
+    force: bool
     modelfile: Path | None
     num_ctx: int
     num_gpu: int | str | None
@@ -339,7 +342,7 @@ def _download(o: DownloadOptions) -> None:
         if not o.dry_run:
             check_folder(dest, "--dest")
         token = downloads.read_token()
-        plan = downloads.plan(selection, dest, token, merge=merge, min_free=o.min_free)
+        plan = downloads.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
         if o.dry_run:
             click.echo("\n".join(downloads.describe(plan)))
             return
@@ -357,7 +360,7 @@ def _download(o: DownloadOptions) -> None:
     if merge is not None:
         if engine.suffix != ".gguf":
             raise UserError("--merge is for GGUF models")
-        engine = downloads.merge(engine, merge, progress.note)
+        engine = downloads.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
     if modelfile is not None:
         template = selection.model.template if selection.model else None
         text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)

@@ -18,10 +18,10 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import httpx2
 import huggingface_hub
@@ -74,7 +74,7 @@ class Plan:
     engine_path: Path  # what the engine loads: the first shard, the single .gguf, or DEST for safetensors
     format: str
     to_fetch: int  # bytes still missing (complete files and partial downloads accounted for)
-    extra: int  # bytes the merge will write
+    extra: int  # bytes the merge will write (none where it hard-links a single file, or its output is up to date)
     free: int
 
     @property
@@ -304,7 +304,8 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
     return max(f.size - have, 0)
 
 
-def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, min_free: int | None = None) -> Plan:
+def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, force: bool = False,
+         min_free: int | None = None) -> Plan:
     """List the files and sizes, check that every path stays under DEST and that they fit: the preflight. Fetches
     no model byte, writes nothing."""
     dest = dest.resolve()
@@ -327,15 +328,26 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
         target_in(dest, f.path)
     fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
     engine = _engine_path(selection, files, dest, fmt)
-    if merge is not None and SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
-        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
     verified = _read_state(_state_path(dest, selection)).get("files", {})
     to_fetch = sum(_missing_bytes(dest, f, verified) for f in files)
-    extra = 0
-    if merge is not None and not merge.exists():
-        extra = sum(f.size for f in files if f.path.endswith(".gguf"))
-    free = _check_space(dest, selection.label, to_fetch + extra, min_free)
+    merge = merge.resolve() if merge is not None else None
+    extra = 0 if merge is None else _merge_preflight(dest, files, engine, fmt, merge, force)
+    if merge is not None and extra and not _same_filesystem(dest, merge.parent):
+        _check_space(merge.parent, f"--merge {merge.name}", extra, min_free)  # it writes there, not in DEST
+        free = _check_space(dest, selection.label, to_fetch, min_free)
+    else:
+        free = _check_space(dest, selection.label, to_fetch + extra, min_free)
     return Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
+
+
+def _merge_preflight(dest: Path, files: list[RemoteFile], engine: Path, fmt: str, out: Path, force: bool) -> int:
+    """--merge's checks, before a byte is fetched; the bytes the merge will write."""
+    if fmt != "gguf":
+        raise UserError("--merge is for GGUF models")
+    check_merge_output(dest, out, force)
+    if SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
+        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
+    return _merge_bytes(dest, out, _model_sources(((f.path, f.size, f.sha256) for f in files), dest, engine))
 
 
 def describe(p: Plan) -> list[str]:
@@ -460,31 +472,132 @@ def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
 
 # --- merge ---------------------------------------------------------------------------------------------------------
 
+Source = tuple[str, int, "str | None"]  # a file the merge reads: path in the repo, size, sha256
 
-def merge(first_shard: Path, out: Path, progress_note=print) -> Path:
-    """Join a GGUF shard set into one file with llama.cpp's llama-gguf-split; a single file is linked or copied."""
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """What a merge wrote, kept in DEST/.r1kit/merge-<hash of the output path>.json: the output is ours, and current,
+    only while it is the very file recorded here (size, mtime and inode) and the model's files are still `sources`.
+    Without it an existing output is someone else's file (or a stale copy) and is never named in a Modelfile."""
+
+    output: str
+    sources: tuple[Source, ...]
+    stat: tuple[int, int, int]  # size, mtime_ns, inode
+
+    def current(self, out: Path, sources: tuple[Source, ...]) -> bool:
+        return self.output == str(out) and self.sources == sources and _merge_stat(out) == self.stat
+
+
+def _merge_stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _record_path(dest: Path, out: Path) -> Path:
+    return dest / STATE_DIR / f"merge-{hashlib.sha256(str(out).encode()).hexdigest()[:16]}.json"
+
+
+def _read_record(dest: Path, out: Path) -> MergeRecord | None:
+    raw = _read_state(_record_path(dest, out))
+    try:
+        return MergeRecord(raw["output"], tuple(tuple(s) for s in raw["sources"]), tuple(raw["stat"]))  # type: ignore[arg-type]
+    except (KeyError, TypeError):
+        return None
+
+
+def _model_sources(files: Iterable[Source], dest: Path, engine: Path) -> tuple[Source, ...]:
+    """The files the merge reads: the engine's shard set, or the single file."""
+    first = engine.relative_to(dest).as_posix()
+    shard = SHARD.match(engine.name)
+
+    def belongs(path: str) -> bool:
+        if not shard:
+            return path == first
+        m = SHARD.match(Path(path).name)
+        return bool(m) and m["stem"] == shard["stem"] and m["count"] == shard["count"] and Path(path).parent == Path(first).parent
+
+    return tuple(sorted((path, size, sha) for path, size, sha in files if belongs(path)))
+
+
+def check_merge_output(dest: Path, out: Path, force: bool) -> None:
+    """An existing --merge output that no merge of ours recorded is the user's file: never overwritten without
+    --force. Checked in the preflight, before a byte is fetched."""
+    record = _read_record(dest, out)
+    if (out.exists() or out.is_symlink()) and (record is None or record.output != str(out)) and not force:
+        raise UserError(f"--merge {out} exists and builder did not write it: move it away, or add --force to overwrite it")
+    if out.is_dir():
+        raise UserError(f"--merge {out} is a folder, not a file")
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    return os.stat(_nearest(a)).st_dev == os.stat(_nearest(b)).st_dev
+
+
+def _merge_bytes(dest: Path, out: Path, sources: tuple[Source, ...]) -> int:
+    """What the merge will write: nothing for an output that is current, or for a single file hard-linked (same
+    filesystem); else the model's size."""
+    record = _read_record(dest, out)
+    if record is not None and record.current(out, sources):
+        return 0
+    if len(sources) == 1 and not SHARD.match(sources[0][0]) and _same_filesystem(dest, out.parent):
+        return 0
+    return sum(size for _, size, _ in sources)
+
+
+def _link_or_copy(source: Path, to: Path) -> None:
+    """A hard link where the filesystem allows (same filesystem, links supported): the merged "copy" of a 42 GB
+    single-file model then costs no disk. Else a copy."""
+    try:
+        os.link(source, to)
+    except OSError:
+        shutil.copyfile(source, to)
+
+
+def merge(dest: Path, selection: Selection, first_shard: Path, out: Path, *, force: bool = False,
+          note: Callable[[str], None] = print) -> Path:
+    """Join a GGUF shard set into one file with llama.cpp's llama-gguf-split; a single file is hard-linked (or copied).
+    A finished download's marker names the sources; the record says whether `out` is what an earlier merge wrote."""
     out = out.resolve()
-    shards = sorted(first_shard.parent.glob(SHARD.sub(lambda m: f"{m['stem']}-*-of-{m['count']}.gguf", first_shard.name)))
-    newest = max(s.stat().st_mtime_ns for s in shards) if shards else first_shard.stat().st_mtime_ns
-    if out.is_file() and out.stat().st_mtime_ns >= newest:
-        return out  # merged by an earlier run (written under a temp name, so never half-written)
+    files = _read_state(_state_path(dest, selection)).get("files", {})
+    sources = _model_sources(((path, r["size"], r["sha256"]) for path, r in files.items()), dest, first_shard)
+    record_path = _record_path(dest, out)
+    for tmp in record_path.parent.glob(f".{record_path.name}.*.tmp"):  # a killed run's leftovers
+        tmp.unlink(missing_ok=True)
+    record = _read_record(dest, out)
+    if record is not None and record.current(out, sources):
+        return out  # merged by an earlier run, and untouched since
+    check_merge_output(dest, out, force)
+    if out.exists():
+        note(f"{out} differs from what builder merged (or the model changed): merging again")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     tmp.unlink(missing_ok=True)
     try:
         if not SHARD.match(first_shard.name):
-            shutil.copyfile(first_shard, tmp)
+            _link_or_copy(first_shard, tmp)
         else:
-            tool = shutil.which(MERGE_TOOL)
-            if tool is None:
-                raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
-            progress_note(f"merging {len(shards)} shards into {out}")
-            result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
-            if result.returncode != 0:
-                last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {last[0]}")
+            _run_merge_tool(first_shard, tmp, len(sources), out, note)
         tmp.chmod(0o644)
+        # Recorded before the rename (which keeps size, mtime and inode): a kill in between leaves a record that the
+        # next run finds stale, so it merges again instead of refusing an output that is ours.
+        record = MergeRecord(str(out), sources, _merge_stat(tmp))  # type: ignore[arg-type]
+        atomic_write(record_path, json.dumps(asdict(record), indent=1))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _run_merge_tool(first_shard: Path, tmp: Path, count: int, out: Path, note: Callable[[str], None]) -> None:
+    tool = shutil.which(MERGE_TOOL)
+    if tool is None:
+        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
+    note(f"merging {count} shards into {out}")
+    result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {shown(last[0], 200)}")

@@ -67,6 +67,70 @@ def test_a_safe_path_is_checked_against_dest_resolved():
             downloads.target_in(dest, bad)
 
 
+# --- 2. --merge records its output and never overwrites a file it did not write -----------------------------------
+
+
+def test_merge_never_overwrites_a_file_it_did_not_write(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path):
+    dest, out, modelfile = tmp_path / "models", tmp_path / "out.gguf", tmp_path / "Modelfile"
+    out.write_text("not a model\n")
+    before = gguf_gets(local_hub)
+    line = one_line_error(builder("download", "--dest", str(dest), "--merge", str(out), "--modelfile", str(modelfile), env=hub_env))
+    assert "--force" in line and str(out) in line
+    assert out.read_text() == "not a model\n" and not modelfile.exists()
+    assert gguf_gets(local_hub) == before  # refused in the preflight
+    builder("download", "--dest", str(dest), "--merge", str(out), "--modelfile", str(modelfile), "--force", env=hub_env, check=True)
+    assert sha256(out) == hub_sha(local_hub, DISTILL_REPO, DISTILL_FILE)
+    assert modelfile.read_text().startswith("FROM ./out.gguf\n")
+
+
+def test_a_merged_output_changed_afterwards_is_detected_and_merged_again(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path):
+    dest, out, modelfile = tmp_path / "models", tmp_path / "merged" / "r1.gguf", tmp_path / "merged" / "Modelfile"
+    args = ("download", "--dest", str(dest), "--merge", str(out), "--modelfile", str(modelfile))
+    builder(*args, env=hub_env, check=True)
+    out.unlink()  # replaced (not edited in place: the model file shares its inode)
+    out.write_text("not a model\n")
+    again = builder(*args, env=hub_env, check=True)
+    assert "merging again" in again.stderr, again.stderr
+    assert sha256(out) == hub_sha(local_hub, DISTILL_REPO, DISTILL_FILE)
+
+
+@pytest.fixture()
+def fake_gguf_split(tmp_path: Path) -> Path:
+    """A stand-in for llama.cpp's llama-gguf-split (not installed on the test machines): `--merge FIRST OUT` writes
+    the shards' bytes, concatenated. What is checked here is the bookkeeping around the tool, not the GGUF."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    tool = folder / "llama-gguf-split"
+    tool.write_text(f"""#!{sys.executable}
+import re, sys
+from pathlib import Path
+first, out = Path(sys.argv[2]), Path(sys.argv[3])
+stem = re.sub(r"-00001-of-(\\d{{5}})\\.gguf$", "", first.name)
+with out.open("wb") as f:
+    for shard in sorted(first.parent.glob(stem + "-*-of-*.gguf")):
+        f.write(shard.read_bytes())
+""")
+    tool.chmod(0o755)
+    return folder
+
+
+def test_a_merge_of_shards_is_recorded_and_a_stale_output_is_merged_again(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, fake_gguf_split: Path):
+    env = dict(hub_env, PATH=f"{fake_gguf_split}:{hub_env['PATH']}")
+    dest, out = tmp_path / "models", tmp_path / "models" / "merged" / "r1.gguf"
+    args = ("download", "r1-671b-ud-iq1_s", "--dest", str(dest), "--merge", str(out))
+    builder(*args, env=env, check=True)
+    whole = b"".join(local_hub.repos[R1_REPO].files[s].data for s in SHARDS)
+    assert out.read_bytes() == whole
+    records = list((dest / ".r1kit").glob("merge-*.json"))
+    assert len(records) == 1 and all(s in records[0].read_text() for s in SHARDS)
+    mtime = out.stat().st_mtime_ns
+    assert "merging" not in builder(*args, env=env, check=True).stderr  # recorded: nothing to do
+    assert out.stat().st_mtime_ns == mtime
+    out.write_bytes(b"x" * 10)  # truncated in place
+    again = builder(*args, env=env, check=True)
+    assert "merging again" in again.stderr and out.read_bytes() == whole
+
+
 # --- 3. bad input is one line and exit 2, before any download -------------------------------------------------------
 
 
@@ -129,6 +193,24 @@ def test_temp_files_a_killed_run_left_are_cleaned_on_the_next_run(hub_env: dict[
     stale[0].write_text("{}")
     builder("download", "--dest", str(dest), env=hub_env, check=True)
     assert not stale[0].exists()
+
+
+# --- 6. --merge of a single file links it ---------------------------------------------------------------------------
+
+
+def test_merge_of_a_single_file_links_it_and_the_preflight_counts_no_copy(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path):
+    dest = tmp_path / "models"
+    out = dest / "merged" / "r1.gguf"
+    plan = builder("download", "--dest", str(dest), "--merge", str(out), "--dry-run", env=hub_env, check=True)
+    assert "to merge" not in plan.stdout, plan.stdout  # a hard link writes no bytes
+    builder("download", "--dest", str(dest), "--merge", str(out), env=hub_env, check=True)
+    model = dest / DISTILL_FILE
+    assert out.stat().st_ino == model.stat().st_ino and model.stat().st_nlink == 2
+
+
+def test_merge_onto_another_filesystem_counts_the_copy(hub_env: dict[str, str], tmp_path: Path, small_volume: Path):
+    plan = builder("download", "--dest", str(tmp_path / "models"), "--merge", str(small_volume / "r1.gguf"), "--min-free", "0", "--dry-run", env=hub_env, check=True)
+    assert "to merge" in plan.stdout, plan.stdout
 
 
 # --- 7. the free-space margin ---------------------------------------------------------------------------------------
