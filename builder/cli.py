@@ -17,7 +17,7 @@ from builder import download as downloads
 from builder import modelfile as modelfiles
 from builder import tags as tagging
 from builder.catalog import Target
-from builder.errors import UserError, shown
+from builder.errors import Stopped, UserError, shown
 from builder.paths import check_file, check_folder
 from builder.progress import DownloadProgress, human
 from builder.render import render as render_dockerfile
@@ -36,8 +36,8 @@ def _error(message: str, limit: int = ERROR_MAX) -> None:
 
 
 class Command(click.Group):
-    """Every failure is one line on stderr and an exit status: a UserError or a usage error 2, Ctrl-C 130 (128 + the
-    signal's number, as shells report a process that SIGINT killed)."""
+    """Every failure is one line on stderr and an exit status: a UserError or a usage error 2, a signal 128 + its
+    number (Ctrl-C 130, SIGTERM 143), as shells report a process that signal killed."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
         if not standalone_mode:
@@ -65,6 +65,9 @@ class Command(click.Group):
         except KeyboardInterrupt:
             _error("interrupted (SIGINT)")
             ctx.exit(128 + signal.SIGINT)
+        except Stopped as e:
+            _error(f"stopped by {e}" + (f"; {e.hint}" if e.hint else ""))
+            ctx.exit(e.exit_status)
 
 
 class Size(click.ParamType):
@@ -298,7 +301,11 @@ def list_models(as_json: bool) -> None:
 def download(**options: Any) -> None:
     """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
     into DEST, resumably and verified; print the path the engine loads."""
-    _download(DownloadOptions(**options))
+    with downloads.stop_on_signals():
+        try:
+            _download(DownloadOptions(**options))
+        except Stopped as e:
+            raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
 
 
 @dataclasses.dataclass(frozen=True)

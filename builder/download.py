@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from builder.errors import UserError, shown
+from builder.errors import Stopped, UserError, shown
 from builder.models import Selection, describe_files
 from builder.progress import DownloadProgress, human
 
@@ -601,3 +602,24 @@ def _run_merge_tool(first_shard: Path, tmp: Path, count: int, out: Path, note: C
     if result.returncode != 0:
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {shown(last[0], 200)}")
+
+
+# --- stopping ------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Stopped in the main thread. In a container `builder` is PID 1, and the kernel drops
+    every signal PID 1 has no handler for: without this, `docker stop` waits its 10 s and kills it. Raising unwinds
+    the stack (the partial file is closed with what it holds; temp files of markers and merges are removed), so the
+    run ends within a moment and the next one resumes."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

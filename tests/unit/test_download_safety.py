@@ -195,6 +195,77 @@ def test_temp_files_a_killed_run_left_are_cleaned_on_the_next_run(hub_env: dict[
     assert not stale[0].exists()
 
 
+# --- 5. SIGTERM (docker stop) and Ctrl-C ----------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _start(hub_env: dict[str, str], dest: Path, *, as_pid_1: bool) -> tuple[subprocess.Popen, int]:
+    """builder download as a subprocess; as_pid_1 runs it as PID 1 of a new PID namespace, as in a container
+    without an init, where the kernel drops every signal PID 1 has no handler for. Returns the process and the pid
+    to signal."""
+    command = [sys.executable, "-m", "builder.cli", "download", "r1-671b-ud-iq1_s", "--dest", str(dest)]
+    if as_pid_1:
+        command = ["unshare", "--pid", "--fork", "--kill-child", *command]
+    proc = subprocess.Popen(command, cwd=REPO, env=hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not as_pid_1:
+        return proc, proc.pid
+    deadline = time.monotonic() + 10
+    while not _children(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None, "unshare started no child"
+        time.sleep(0.05)
+    return proc, _children(proc.pid)[0]
+
+
+def _wait_for_partial(proc: subprocess.Popen, partial_dir: Path, size: int) -> None:
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > size for p in files_under(partial_dir)):
+        assert time.monotonic() < deadline and proc.poll() is None, "the download never got going"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("signum", "status", "as_pid_1"), [
+    (signal.SIGTERM, 143, True),  # docker stop, to a builder that is PID 1 (model-init)
+    (signal.SIGTERM, 143, False),
+    (signal.SIGINT, 130, False),  # Ctrl-C
+])
+def test_a_stopped_download_exits_promptly_keeps_its_partial_file_and_resumes(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path,
+                                                                               signum: int, status: int, as_pid_1: bool):
+    if as_pid_1 and (os.geteuid() != 0 or shutil.which("unshare") is None):
+        pytest.skip("a new PID namespace needs root and unshare (the test machines and CI have both)")
+    dest = tmp_path / "models"
+    partial_dir = dest / ".r1kit" / "partial"
+    with local_hub.faulty(throttle=40_000):  # about 5 s for the first shard
+        proc, pid = _start(hub_env, dest, as_pid_1=as_pid_1)
+        try:
+            _wait_for_partial(proc, partial_dir, 50_000)
+            os.kill(pid, signum)
+            sent = time.monotonic()
+            _, err = proc.communicate(timeout=10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert took < 2, f"took {took:.1f} s to stop"
+    assert proc.returncode == status, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "run the same command again to resume" in last, err
+    (part,) = files_under(partial_dir)
+    kept = part.stat().st_size
+    assert kept > 50_000 and not (dest / SHARDS[0]).exists()
+    result = builder("download", "r1-671b-ud-iq1_s", "--dest", str(dest), env=hub_env, check=True)
+    ranges = [r.range for r in local_hub.requests_for(SHARDS[0]) if r.range]
+    assert ranges and int(ranges[-1].removeprefix("bytes=").split("-")[0]) == kept  # asked for the rest only
+    for path in SHARDS:
+        assert sha256(dest / path) == hub_sha(local_hub, R1_REPO, path)
+    assert result.stdout.strip() == str(dest / SHARDS[0]) and files_under(partial_dir) == []
+
+
 # --- 6. --merge of a single file links it ---------------------------------------------------------------------------
 
 
