@@ -23,7 +23,7 @@ from python_on_whales.utils import stream_stdout_and_stderr
 from builder import render
 from builder.catalog import Target
 from builder.docker import Backend
-from builder.errors import UserError
+from builder.errors import UserError, shown
 from builder.progress import BuildProgress
 from builder.tags import image_refs
 
@@ -68,7 +68,7 @@ def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserError(f"{what} {pair!r} is not KEY=VALUE")
+            raise UserError(f"{what} {shown(pair)} is not KEY=VALUE")
         out[key] = value
     return out
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from builder.errors import UserError
+from builder.errors import UserError, shown
 from builder.paths import images_dir
 
 PLATFORM = re.compile(r"^linux/(amd64|arm64)$")
@@ -31,9 +31,9 @@ class Option:
 
     def check(self, value: str) -> str:
         if self.choices and value not in self.choices:
-            raise UserError(f"option {self.name}={value!r} is not one of {', '.join(self.choices)}")
+            raise UserError(f"option {self.name}={shown(value)} is not one of {', '.join(self.choices)}")
         if self.pattern and not re.fullmatch(self.pattern, value):
-            raise UserError(f"option {self.name}={value!r} is malformed: {self.help}")
+            raise UserError(f"option {self.name}={shown(value)} is malformed: {self.help}")
         return value
 
 
@@ -70,13 +70,13 @@ class Target:
         unknown = sorted(set(settings) - set(self.options))
         if unknown:
             known = ", ".join(self.options) or "none"
-            raise UserError(f"target {self.name} has no option {unknown[0]!r} (its options: {known})")
+            raise UserError(f"target {self.name} has no option {shown(unknown[0])} (its options: {known})")
         return {name: opt.check(settings.get(name, opt.default)) for name, opt in self.options.items()}
 
     def check_platforms(self, platforms: tuple[str, ...]) -> tuple[str, ...]:
         for p in platforms:
             if p not in self.platforms:
-                raise UserError(f"target {self.name} does not support platform {p!r} (it supports {', '.join(self.platforms)})")
+                raise UserError(f"target {self.name} does not support platform {shown(p)} (it supports {', '.join(self.platforms)})")
         return platforms
 
 
@@ -88,7 +88,7 @@ class Catalog:
         try:
             return self.targets[name]
         except KeyError:
-            raise UserError(f"unknown target {name!r}: choose one of {', '.join(sorted(self.targets))} (see `builder list`)") from None
+            raise UserError(f"unknown target {shown(name)}: choose one of {', '.join(sorted(self.targets))} (see `builder list`)") from None
 
 
 def _options(raw: Mapping[str, Any], where: Path) -> dict[str, Option]:

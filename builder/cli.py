@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,20 +17,85 @@ from builder import download as downloads
 from builder import modelfile as modelfiles
 from builder import tags as tagging
 from builder.catalog import Target
-from builder.errors import UserError
+from builder.errors import Stopped, UserError, shown
+from builder.paths import check_file, check_folder
 from builder.progress import DownloadProgress, human
 from builder.render import render as render_dockerfile
 
 
+ERROR_MAX = 2000  # characters of an error line: a backstop; messages cut the user's values shorter themselves
+USAGE_MAX = 300  # click's usage messages: short but for the value they repeat
+NUM_CTX_MAX = 1024 * 1024  # tokens: beyond any model's context
+LAYERS_MAX = 1024
+
+
+def _error(message: str, limit: int = ERROR_MAX) -> None:
+    """One line on stderr: newlines in a message (or in a value it repeats) would split it."""
+    line = " ".join(message.split())
+    click.echo(f"error: {line if len(line) <= limit else line[:limit] + '...'}", err=True)
+
+
 class Command(click.Group):
-    """Turns a UserError anywhere below into `error: ...` on stderr and exit status 2."""
+    """Every failure is one line on stderr and an exit status: a UserError or a usage error 2, a signal 128 + its
+    number (Ctrl-C 130, SIGTERM 143), as shells report a process that signal killed."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:  # click's own three lines (usage, hint, error) as one
+            where = e.ctx.command_path if e.ctx else "builder"
+            _error(f"{e.format_message()} (see '{where} --help')", USAGE_MAX)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            _error(e.format_message(), USAGE_MAX)
+            sys.exit(e.exit_code)
+        except click.Abort:  # Ctrl-C outside a command (click turns KeyboardInterrupt into Abort there)
+            _error("interrupted")
+            sys.exit(128 + signal.SIGINT)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            _error(str(e))
             ctx.exit(2)
+        except KeyboardInterrupt:
+            _error("interrupted (SIGINT)")
+            ctx.exit(128 + signal.SIGINT)
+        except Stopped as e:
+            _error(f"stopped by {e}" + (f"; {e.hint}" if e.hint else ""))
+            ctx.exit(e.exit_status)
+
+
+class Size(click.ParamType):
+    """A size such as 500M or 2G (downloads.parse_size)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return downloads.parse_size(str(value))
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+class Layers(click.ParamType):
+    """--num-gpu: a number of layers, or `auto`."""
+
+    name = "layers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value)
+        if text == "auto" or isinstance(value, int):
+            return value
+        if not text.isdigit() or len(text) > 4 or int(text) > LAYERS_MAX:
+            self.fail(f"{shown(text)} is not a number of layers (0 to {LAYERS_MAX}) or auto", param, ctx)
+        return int(text)
 
 
 def _settings(target: Target, variant: str | None, blas: str | None, sets: tuple[str, ...]) -> dict[str, str]:
@@ -37,7 +104,7 @@ def _settings(target: Target, variant: str | None, blas: str | None, sets: tuple
     for pair in sets:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {pair!r} is not KEY=VALUE")
+            raise UserError(f"--set {shown(pair)} is not KEY=VALUE")
         out[key] = value
     if blas is not None:
         out["blas"] = blas
@@ -95,6 +162,8 @@ def list_targets(as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write DIR/Dockerfile instead of printing it.")
 def render(target: str, variant: str | None, blas: str | None, sets: tuple[str, ...], output: Path | None) -> None:
     """Print TARGET's Dockerfile, or write it under DIR."""
+    if output is not None:
+        check_folder(output, "-o")
     t = catalog.load().get(target)
     text = render_dockerfile(t, _settings(t, variant, blas, sets))
     if output is None:
@@ -112,6 +181,7 @@ def render(target: str, variant: str | None, blas: str | None, sets: tuple[str, 
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new or empty folder.")
 def stage(target: str, variant: str | None, blas: str | None, sets: tuple[str, ...], source: Path | None, output: Path) -> None:
     """Write TARGET's full build context (what `builder build` sends to BuildKit) into DIR."""
+    check_folder(output, "-o")
     t = catalog.load().get(target)
     plan = builds.plan(t, _settings(t, variant, blas, sets), source=source.resolve() if source else None)
     builds.stage(plan, output)
@@ -219,28 +289,68 @@ def list_models(as_json: bool) -> None:
 @click.option("--revision", help="Branch, tag or commit of the repo (default: the catalog's, or main).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, destination, free space) and fetch nothing.")
 @click.option("--verify", is_flag=True, help="Hash every file again, even those a previous run verified.")
-@click.option("--merge", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.gguf", help="Also join the shards into one file (llama-gguf-split).")
+@click.option("--merge", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.gguf",
+              help="Also join the shards into one file (llama-gguf-split; a single file is hard-linked).")
+@click.option("--force", is_flag=True, help="Let --merge overwrite an existing OUT.gguf that builder did not write.")
 @click.option("--modelfile", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write an Ollama Modelfile.")
-@click.option("--num-ctx", type=click.IntRange(min=512), default=8192, show_default=True, help="The Modelfile's context length.")
-@click.option("--num-gpu", help="The Modelfile's layers on the GPU: a number, or auto to let ollama decide (default: every layer where the catalog knows the count).")
+@click.option("--num-ctx", type=click.IntRange(512, NUM_CTX_MAX), default=8192, show_default=True, help="The Modelfile's context length.")
+@click.option("--num-gpu", type=Layers(), help="The Modelfile's layers on the GPU: a number, or auto to let ollama decide (default: every layer where the catalog knows the count).")
 @click.option("--path-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Also write the engine's model path to FILE.")
-def download(model: str | None, dest: Path, include: tuple[str, ...], revision: str | None, dry_run: bool, verify: bool,
-             merge: Path | None, modelfile: Path | None, num_ctx: int, num_gpu: str | None, path_file: Path | None) -> None:
+@click.option("--min-free", type=Size(), metavar="SIZE",
+              help="Space to leave free after the download, e.g. 500M or 2G (default: 3% of what is written, at least 16 MiB).")
+def download(**options: Any) -> None:
     """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
     into DEST, resumably and verified; print the path the engine loads."""
-    selection = models.resolve(model or models.load().default, include, revision)
-    gpu_layers = _num_gpu(num_gpu, selection)
+    with downloads.stop_on_signals():
+        try:
+            _download(DownloadOptions(**options))
+        except Stopped as e:
+            raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadOptions:
+    """`builder download`'s options, as click parsed them."""
+
+    model: str | None
+    dest: Path
+    include: tuple[str, ...]
+    revision: str | None
+    dry_run: bool
+    verify: bool
+    merge: Path | None
+    force: bool
+    modelfile: Path | None
+    num_ctx: int
+    num_gpu: int | str | None
+    path_file: Path | None
+    min_free: int | None
+
+
+def _download(o: DownloadOptions) -> None:
+    selection = models.resolve(o.model or models.load().default, o.include, o.revision)
+    dest, merge, modelfile = o.dest, o.merge, o.modelfile
+    gpu_layers = _num_gpu(o.num_gpu, selection)
     if modelfile and selection.model and selection.model.format != "gguf":
         raise UserError(f"--modelfile is for GGUF models; {selection.label} is {selection.model.format}")
+    # Every output's folder is checked before the download: a path under a regular file used to fail only after it.
+    check_folder(dest, "--dest", writable=False)  # a finished download in a read-only folder still answers
+    for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
+        if path is not None:
+            check_file(path, flag)
     progress = DownloadProgress()
     dest = dest.resolve()
-    engine = None if (verify or dry_run) else downloads.done(selection, dest)
+    if not o.dry_run:
+        downloads.clean_leftovers(dest, selection)
+    engine = None if (o.verify or o.dry_run) else downloads.done(selection, dest)
     if engine is not None:
         progress.note(f"{selection.label}: already downloaded and verified in {dest}")
     else:
+        if not o.dry_run:
+            check_folder(dest, "--dest")
         token = downloads.read_token()
-        plan = downloads.plan(selection, dest, token, merge=merge)
-        if dry_run:
+        plan = downloads.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
+        if o.dry_run:
             click.echo("\n".join(downloads.describe(plan)))
             return
         if modelfile:  # checked before a byte is fetched
@@ -248,8 +358,8 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
         for line in downloads.describe(plan):
             progress.note(line)
         try:
-            downloads.fetch(plan, token, progress, verify=verify)
-        except OSError as e:  # a folder the user cannot write, a disk filled by someone else meanwhile
+            downloads.fetch(plan, token, progress, verify=o.verify)
+        except OSError as e:  # a disk filled by someone else meanwhile
             raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
     if modelfile is not None:  # again for a finished download, which made no plan
@@ -257,14 +367,14 @@ def download(model: str | None, dest: Path, include: tuple[str, ...], revision: 
     if merge is not None:
         if engine.suffix != ".gguf":
             raise UserError("--merge is for GGUF models")
-        engine = downloads.merge(engine, merge, progress.note)
+        engine = downloads.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
     if modelfile is not None:
         template = selection.model.template if selection.model else None
-        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=num_ctx, num_gpu=gpu_layers)
+        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
         downloads.atomic_write(modelfile.resolve(), text)
         progress.note(f"wrote {modelfile}")
-    if path_file is not None:
-        downloads.atomic_write(path_file.resolve(), f"{engine}\n")
+    if o.path_file is not None:
+        downloads.atomic_write(o.path_file.resolve(), f"{engine}\n")
     progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
     click.echo(str(engine))
 
@@ -277,16 +387,12 @@ def _check_modelfile_source(gguf: bool, sharded: bool, merge: Path | None) -> No
         raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
 
 
-def _num_gpu(value: str | None, selection: models.Selection) -> int | None:
+def _num_gpu(value: int | str | None, selection: models.Selection) -> int | None:
     if value is None:
         # Every layer: the blocks plus the output layer, which ollama counts as one more.
         layers = selection.model.layers if selection.model else None
         return layers + 1 if layers else None
-    if value == "auto":
-        return None
-    if not value.isdigit():
-        raise UserError(f"--num-gpu {value!r} is not a number of layers or auto")
-    return int(value)
+    return None if value == "auto" else int(value)
 
 
 if __name__ == "__main__":

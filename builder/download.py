@@ -14,13 +14,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import httpx2
 import huggingface_hub
@@ -34,13 +36,17 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from builder.errors import UserError
+from builder.errors import Stopped, UserError, shown
 from builder.models import Selection, describe_files
 from builder.progress import DownloadProgress, human
 
-GIB = 1024**3
-MARGIN_FRACTION = 0.05  # free-space margin: 5% of what is still to fetch, plus 1 GiB for logs and metadata
-MARGIN_FIXED = GIB
+MIB = 1024**2
+# Free space left after the download unless --min-free says otherwise: 3% of what is written, at least 16 MiB for
+# the markers and logs. It scales with the download: a fixed gigabyte refused a 465 KiB model on 50 MiB free.
+MARGIN_FRACTION = 0.03
+MARGIN_FLOOR = 16 * MIB
+SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([KMGT]?)(?:I?B)?$", re.IGNORECASE)
+SIZE_MAX = 2**60  # an exbibyte: anything larger is a typo
 DEFAULT_TOKEN_PATH = Path("/run/secrets/hf_token")  # where compose mounts a `secrets: [hf_token]`
 TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose secret), and accept the model's terms on its Hub page"
 STATE_DIR = ".r1kit"
@@ -69,7 +75,7 @@ class Plan:
     engine_path: Path  # what the engine loads: the first shard, the single .gguf, or DEST for safetensors
     format: str
     to_fetch: int  # bytes still missing (complete files and partial downloads accounted for)
-    extra: int  # bytes the merge will write
+    extra: int  # bytes the merge will write (none where it hard-links a single file, or its output is up to date)
     free: int
 
     @property
@@ -116,7 +122,7 @@ def hub_errors(selection: Selection, token: str | None) -> Iterator[None]:
     except GatedRepoError:
         raise UserError(f"{selection.repo} is gated: {TOKEN_HINT}") from None
     except RevisionNotFoundError:
-        raise UserError(f"{selection.repo} has no revision {selection.revision!r}") from None
+        raise UserError(f"{selection.repo} has no revision {shown(selection.revision)}") from None
     except RepositoryNotFoundError:
         hint = "" if token else f" (if it is private or gated: {TOKEN_HINT})"
         raise UserError(f"no repository {selection.repo} at {where}: check the name{hint}") from None
@@ -127,6 +133,27 @@ def hub_errors(selection: Selection, token: str | None) -> Iterator[None]:
         raise UserError(f"{where} answered HTTP {status} for {selection.repo}; try again later") from None
     except httpx2.TransportError as e:
         raise UserError(f"cannot reach {where} ({type(e).__name__}: {e}); check the network, or set HF_ENDPOINT to a mirror") from None
+
+
+# --- paths under DEST ----------------------------------------------------------------------------------------------
+
+
+def target_in(dest: Path, path: str) -> Path:
+    """DEST/<path>, where a listed file lands; a UserError where the path could leave DEST. The listing comes from
+    the Hub or whatever HF_ENDPOINT names, so it is input: `../x`, `/etc/x`, `a\\..\\x` (a Windows reader's `..`)
+    or a path through a symlink in DEST that points elsewhere are refused before anything is written."""
+    parts = path.split("/")
+    bad = (
+        not path
+        or "\\" in path
+        or "\0" in path
+        or re.match(r"^[A-Za-z]:", path) is not None  # a drive letter
+        or any(part in ("", ".", "..") for part in parts)  # also a leading "/" (an absolute path) and "a//b"
+    )
+    target = dest / path
+    if bad or not target.resolve().is_relative_to(dest.resolve()):
+        raise UserError(f"the file listing names {shown(path, 200)}, which is outside {dest}: refusing to download it (a Hub repo holds no such path; check the repo and HF_ENDPOINT)")
+    return target
 
 
 # --- local state: partial files, verified files, the done marker ---------------------------------------------------
@@ -157,6 +184,14 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def clean_leftovers(dest: Path, selection: Selection) -> None:
+    """Remove the temporary files of this selection's done marker that a killed run left behind (killed between
+    writing one and renaming it). Only this selection's: another selection's run may be writing its own now."""
+    state = _state_path(dest, selection)
+    for tmp in state.parent.glob(f".{state.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _read_state(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -178,10 +213,13 @@ def done(selection: Selection, dest: Path) -> Path | None:
     state = _read_state(_state_path(dest, selection))
     if not state.get("complete"):
         return None
-    for path, record in state["files"].items():
-        if _stat_key(dest / path) != record["stat"]:
-            return None
-    return dest / state["engine_path"]
+    try:
+        for path, record in state["files"].items():
+            if _stat_key(target_in(dest, path)) != record["stat"]:
+                return None
+        return target_in(dest, state["engine_path"])
+    except UserError:  # a marker edited by hand: take the slow path, which checks the listing again
+        return None
 
 
 # --- preflight -----------------------------------------------------------------------------------------------------
@@ -216,10 +254,44 @@ def _listing(api: HfApi, selection: Selection, commit: str) -> list[RemoteFile]:
 
 
 def _free_space(dest: Path) -> int:
-    probe = dest
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    return shutil.disk_usage(_nearest(dest)).free
+
+
+def _nearest(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def margin(needed: int, min_free: int | None = None) -> int:
+    """Space to leave free once `needed` bytes are written: --min-free, else a few percent of the download with a
+    small floor. Nothing to write, nothing to keep free."""
+    if not needed:
+        return 0
+    return min_free if min_free is not None else max(MARGIN_FLOOR, int(needed * MARGIN_FRACTION))
+
+
+def parse_size(text: str) -> int:
+    """`500M`, `2G`, `1.5GiB`, `100K`, `0`: bytes, in binary units as the preflight prints them."""
+    m = SIZE.match(text.strip())
+    if not m:
+        raise UserError(f"{shown(text)} is not a size such as 500M, 2G or 0")
+    value = Decimal(m[1]) * 1024 ** "_KMGT".index((m[2] or "_").upper())
+    if value > SIZE_MAX:
+        raise UserError(f"{shown(text)} is larger than any disk")
+    return int(value)
+
+
+def _check_space(where: Path, what: str, needed: int, min_free: int | None) -> int:
+    """The free space at `where`; a UserError if `needed` bytes and the margin do not fit."""
+    free = _free_space(where)
+    keep = margin(needed, min_free)
+    if needed + keep > free:
+        raise UserError(
+            f"not enough space in {where}: {what} needs {human(needed)} more (+ {human(keep)} margin), "
+            f"{human(free)} is free; free some space, choose another --dest, or set the margin with --min-free"
+        )
+    return free
 
 
 def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
@@ -233,8 +305,10 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
     return max(f.size - have, 0)
 
 
-def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None) -> Plan:
-    """List the files and sizes, check that they fit: the preflight. Fetches no model byte, writes nothing."""
+def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, force: bool = False,
+         min_free: int | None = None) -> Plan:
+    """List the files and sizes, check that every path stays under DEST and that they fit: the preflight. Fetches
+    no model byte, writes nothing."""
     dest = dest.resolve()
     api = HfApi(endpoint=endpoint(), token=token or False)
     with hub_errors(selection, token):
@@ -245,31 +319,36 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
         listing = _listing(api, selection, commit)
         files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
         if not files:
-            what = f"quant {selection.quant!r}" if selection.quant else f"--include {' '.join(selection.include)}"
+            what = f"quant {shown(selection.quant)}" if selection.quant else f"--include {shown(' '.join(selection.include), 200)}"
             raise UserError(f"nothing in {selection.repo} matches {what}; it has: {describe_files(f.path for f in listing)}")
         if info.gated:
             # A gated repo lists its files to anyone; a token without access (terms not accepted) fails only on a
             # file. Ask for one file's headers now rather than after the log has started.
             get_hf_file_metadata(hf_hub_url(selection.repo, files[0].path, revision=commit, endpoint=endpoint()), token=token)
+    for f in files:  # every path this run would write, before it writes any
+        target_in(dest, f.path)
     fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
     engine = _engine_path(selection, files, dest, fmt)
-    if merge is not None and SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
-        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
     verified = _read_state(_state_path(dest, selection)).get("files", {})
     to_fetch = sum(_missing_bytes(dest, f, verified) for f in files)
-    extra = 0
-    if merge is not None and not merge.exists():
-        extra = sum(f.size for f in files if f.path.endswith(".gguf"))
-    free = _free_space(dest)
-    p = Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
-    needed = p.to_fetch + p.extra
-    margin = int(needed * MARGIN_FRACTION) + MARGIN_FIXED if needed else 0
-    if needed + margin > free:
-        raise UserError(
-            f"not enough space in {dest}: {selection.label} needs {human(needed)} more (+ {human(margin)} margin), "
-            f"{human(free)} is free; free some space or choose another --dest"
-        )
-    return p
+    merge = merge.resolve() if merge is not None else None
+    extra = 0 if merge is None else _merge_preflight(dest, files, engine, fmt, merge, force)
+    if merge is not None and extra and not _same_filesystem(dest, merge.parent):
+        _check_space(merge.parent, f"--merge {merge.name}", extra, min_free)  # it writes there, not in DEST
+        free = _check_space(dest, selection.label, to_fetch, min_free)
+    else:
+        free = _check_space(dest, selection.label, to_fetch + extra, min_free)
+    return Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
+
+
+def _merge_preflight(dest: Path, files: list[RemoteFile], engine: Path, fmt: str, out: Path, force: bool) -> int:
+    """--merge's checks, before a byte is fetched; the bytes the merge will write."""
+    if fmt != "gguf":
+        raise UserError("--merge is for GGUF models")
+    check_merge_output(dest, out, force)
+    if SHARD.match(engine.name) and shutil.which(MERGE_TOOL) is None:
+        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
+    return _merge_bytes(dest, out, _model_sources(((f.path, f.size, f.sha256) for f in files), dest, engine))
 
 
 def describe(p: Plan) -> list[str]:
@@ -352,7 +431,7 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
 
 def _fetch_all(p: Plan, token: str | None, progress: DownloadProgress, headers: dict[str, str], verified: dict, state_path: Path, verify: bool) -> None:
     for index, f in enumerate(p.files, 1):
-        target = p.dest / f.path
+        target = target_in(p.dest, f.path)
         progress.file_start(index, f.path, f.size)
         trusted = not verify and f.path in verified and _stat_key(target) == verified[f.path]["stat"]
         if not trusted:
@@ -394,31 +473,153 @@ def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
 
 # --- merge ---------------------------------------------------------------------------------------------------------
 
+Source = tuple[str, int, "str | None"]  # a file the merge reads: path in the repo, size, sha256
 
-def merge(first_shard: Path, out: Path, progress_note=print) -> Path:
-    """Join a GGUF shard set into one file with llama.cpp's llama-gguf-split; a single file is linked or copied."""
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """What a merge wrote, kept in DEST/.r1kit/merge-<hash of the output path>.json: the output is ours, and current,
+    only while it is the very file recorded here (size, mtime and inode) and the model's files are still `sources`.
+    Without it an existing output is someone else's file (or a stale copy) and is never named in a Modelfile."""
+
+    output: str
+    sources: tuple[Source, ...]
+    stat: tuple[int, int, int]  # size, mtime_ns, inode
+
+    def current(self, out: Path, sources: tuple[Source, ...]) -> bool:
+        return self.output == str(out) and self.sources == sources and _merge_stat(out) == self.stat
+
+
+def _merge_stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _record_path(dest: Path, out: Path) -> Path:
+    return dest / STATE_DIR / f"merge-{hashlib.sha256(str(out).encode()).hexdigest()[:16]}.json"
+
+
+def _read_record(dest: Path, out: Path) -> MergeRecord | None:
+    raw = _read_state(_record_path(dest, out))
+    try:
+        return MergeRecord(raw["output"], tuple(tuple(s) for s in raw["sources"]), tuple(raw["stat"]))  # type: ignore[arg-type]
+    except (KeyError, TypeError):
+        return None
+
+
+def _model_sources(files: Iterable[Source], dest: Path, engine: Path) -> tuple[Source, ...]:
+    """The files the merge reads: the engine's shard set, or the single file."""
+    first = engine.relative_to(dest).as_posix()
+    shard = SHARD.match(engine.name)
+
+    def belongs(path: str) -> bool:
+        if not shard:
+            return path == first
+        m = SHARD.match(Path(path).name)
+        return bool(m) and m["stem"] == shard["stem"] and m["count"] == shard["count"] and Path(path).parent == Path(first).parent
+
+    return tuple(sorted((path, size, sha) for path, size, sha in files if belongs(path)))
+
+
+def check_merge_output(dest: Path, out: Path, force: bool) -> None:
+    """An existing --merge output that no merge of ours recorded is the user's file: never overwritten without
+    --force. Checked in the preflight, before a byte is fetched."""
+    record = _read_record(dest, out)
+    if (out.exists() or out.is_symlink()) and (record is None or record.output != str(out)) and not force:
+        raise UserError(f"--merge {out} exists and builder did not write it: move it away, or add --force to overwrite it")
+    if out.is_dir():
+        raise UserError(f"--merge {out} is a folder, not a file")
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    return os.stat(_nearest(a)).st_dev == os.stat(_nearest(b)).st_dev
+
+
+def _merge_bytes(dest: Path, out: Path, sources: tuple[Source, ...]) -> int:
+    """What the merge will write: nothing for an output that is current, or for a single file hard-linked (same
+    filesystem); else the model's size."""
+    record = _read_record(dest, out)
+    if record is not None and record.current(out, sources):
+        return 0
+    if len(sources) == 1 and not SHARD.match(sources[0][0]) and _same_filesystem(dest, out.parent):
+        return 0
+    return sum(size for _, size, _ in sources)
+
+
+def _link_or_copy(source: Path, to: Path) -> None:
+    """A hard link where the filesystem allows (same filesystem, links supported): the merged "copy" of a 42 GB
+    single-file model then costs no disk. Else a copy."""
+    try:
+        os.link(source, to)
+    except OSError:
+        shutil.copyfile(source, to)
+
+
+def merge(dest: Path, selection: Selection, first_shard: Path, out: Path, *, force: bool = False,
+          note: Callable[[str], None] = print) -> Path:
+    """Join a GGUF shard set into one file with llama.cpp's llama-gguf-split; a single file is hard-linked (or copied).
+    A finished download's marker names the sources; the record says whether `out` is what an earlier merge wrote."""
     out = out.resolve()
-    shards = sorted(first_shard.parent.glob(SHARD.sub(lambda m: f"{m['stem']}-*-of-{m['count']}.gguf", first_shard.name)))
-    newest = max(s.stat().st_mtime_ns for s in shards) if shards else first_shard.stat().st_mtime_ns
-    if out.is_file() and out.stat().st_mtime_ns >= newest:
-        return out  # merged by an earlier run (written under a temp name, so never half-written)
+    files = _read_state(_state_path(dest, selection)).get("files", {})
+    sources = _model_sources(((path, r["size"], r["sha256"]) for path, r in files.items()), dest, first_shard)
+    record_path = _record_path(dest, out)
+    for tmp in record_path.parent.glob(f".{record_path.name}.*.tmp"):  # a killed run's leftovers
+        tmp.unlink(missing_ok=True)
+    record = _read_record(dest, out)
+    if record is not None and record.current(out, sources):
+        return out  # merged by an earlier run, and untouched since
+    check_merge_output(dest, out, force)
+    if out.exists():
+        note(f"{out} differs from what builder merged (or the model changed): merging again")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     tmp.unlink(missing_ok=True)
     try:
         if not SHARD.match(first_shard.name):
-            shutil.copyfile(first_shard, tmp)
+            _link_or_copy(first_shard, tmp)
         else:
-            tool = shutil.which(MERGE_TOOL)
-            if tool is None:
-                raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
-            progress_note(f"merging {len(shards)} shards into {out}")
-            result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
-            if result.returncode != 0:
-                last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {last[0]}")
+            _run_merge_tool(first_shard, tmp, len(sources), out, note)
         tmp.chmod(0o644)
+        # Recorded before the rename (which keeps size, mtime and inode): a kill in between leaves a record that the
+        # next run finds stale, so it merges again instead of refusing an output that is ours.
+        record = MergeRecord(str(out), sources, _merge_stat(tmp))  # type: ignore[arg-type]
+        atomic_write(record_path, json.dumps(asdict(record), indent=1))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _run_merge_tool(first_shard: Path, tmp: Path, count: int, out: Path, note: Callable[[str], None]) -> None:
+    tool = shutil.which(MERGE_TOOL)
+    if tool is None:
+        raise UserError(f"--merge needs llama.cpp's {MERGE_TOOL} on PATH (the r1kit llama.cpp and model-init images have it)")
+    note(f"merging {count} shards into {out}")
+    result = subprocess.run([tool, "--merge", str(first_shard), str(tmp)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"llama-gguf-split --merge failed (exit {result.returncode}): {shown(last[0], 200)}")
+
+
+# --- stopping ------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Stopped in the main thread. In a container `builder` is PID 1, and the kernel drops
+    every signal PID 1 has no handler for: without this, `docker stop` waits its 10 s and kills it. Raising unwinds
+    the stack (the partial file is closed with what it holds; temp files of markers and merges are removed), so the
+    run ends within a moment and the next one resumes."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder.errors import UserError
+from builder.errors import UserError, shown
 
 # DeepSeek-R1 (and its distills) chat format: full-width bars and U+2581 in the special tokens. The same template
 # Ollama's own deepseek-r1 models use; the reasoning (<think>...</think>) comes back in the assistant's content.
@@ -36,7 +36,7 @@ def from_path(model: Path, modelfile: Path) -> str:
 def render(model_ref: str, *, template: str | None, num_ctx: int, num_gpu: int | None) -> str:
     """Modelfile text. num_gpu: layers to offload to the GPU (None: let ollama decide)."""
     if template is not None and template not in TEMPLATES:
-        raise UserError(f"no Modelfile template {template!r} (known: {', '.join(TEMPLATES)})")
+        raise UserError(f"no Modelfile template {shown(template)} (known: {', '.join(TEMPLATES)})")
     lines = [f"FROM {model_ref}", f"PARAMETER num_ctx {num_ctx}"]
     if num_gpu is not None:
         lines += [f"PARAMETER num_gpu {num_gpu}"]

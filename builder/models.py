@@ -15,12 +15,13 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-from builder.errors import UserError
+from builder.errors import UserError, shown
 
 FORMATS = ("gguf", "safetensors")
 ENGINES = ("llamacpp", "ollama", "ktransformers", "vllm")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 QUANT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -51,7 +52,7 @@ class Catalog:
         try:
             return self.models[name]
         except KeyError:
-            raise UserError(f"unknown model {name!r}: choose one of {', '.join(self.models)} (see `builder models`), or give a Hub repo as OWNER/REPO --include GLOB") from None
+            raise UserError(f"unknown model {shown(name)}: choose one of {', '.join(self.models)} (see `builder models`), or give a Hub repo as OWNER/REPO --include GLOB") from None
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,21 @@ def _model(name: str, raw: Mapping[str, Any]) -> Model:
         )
     except (KeyError, TypeError) as e:
         raise UserError(f"models.yaml: model {name!r} needs description, repo, include, format and engines ({e})") from None
-    if model.format not in FORMATS or not set(model.engines) <= set(ENGINES) or not REPO_ID.match(model.repo):
+    if model.format not in FORMATS or not set(model.engines) <= set(ENGINES) or not valid_repo_id(model.repo):
         raise UserError(f"models.yaml: model {name!r} has a bad format, engine or repo")
     return model
+
+
+def valid_repo_id(repo: str) -> bool:
+    """OWNER/NAME as huggingface_hub itself accepts it (its own validator: 96 characters at most, no `..` or `--`,
+    no leading `-` or `.`, ...), so that no id passes here and then fails inside huggingface_hub with a traceback."""
+    if repo.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load(text: str | None = None) -> Catalog:
@@ -117,10 +130,10 @@ def resolve(spec: str, include: Iterable[str] = (), revision: str | None = None,
         # --include replaces the entry's patterns: e.g. one more file of the same repo.
         return Selection(model.repo, include or model.include, revision or model.revision, model=model)
     repo, _, quant = spec.partition(":")
-    if not REPO_ID.match(repo):
-        raise UserError(f"{repo!r} is not a Hub repository id such as unsloth/DeepSeek-R1-GGUF")
+    if not valid_repo_id(repo):
+        raise UserError(f"{shown(repo)} is not a Hub repository id such as unsloth/DeepSeek-R1-GGUF")
     if quant and (include or not QUANT.match(quant)):
-        raise UserError(f"give either {repo}:QUANT or --include patterns, not both ({spec!r})")
+        raise UserError(f"give either {repo}:QUANT or --include patterns, not both ({shown(spec)})")
     if not quant and not include:
         raise UserError(f"say which files of {repo} to fetch: {repo}:QUANT (e.g. {repo}:Q4_K_M) or --include GLOB")
     return Selection(repo, include, revision or "main", quant=quant or None)
@@ -134,5 +147,5 @@ def describe_files(paths: Iterable[str], limit: int = 30) -> str:
         item = head + "/" if sep else path
         if item not in seen:
             seen.append(item)
-    shown = ", ".join(seen[:limit])
-    return shown + (f" and {len(seen) - limit} more" if len(seen) > limit else "") if seen else "no files"
+    listed = ", ".join(seen[:limit])
+    return listed + (f" and {len(seen) - limit} more" if len(seen) > limit else "") if seen else "no files"

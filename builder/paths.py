@@ -18,3 +18,23 @@ def repo_root() -> Path:
 
 def images_dir() -> Path:
     return repo_root() / "images"
+
+
+def check_folder(path: Path, what: str, *, writable: bool = True) -> None:
+    """`path` can become a folder that we write into: it is one, or its nearest existing ancestor is a writable
+    folder. Checked before any work starts, so that `-o FILE/sub` or `--dest FILE/sub` fails at once in one line
+    rather than half-way (after a download) with a traceback."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {path}: {probe} is not a folder")
+    if writable and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {probe} is not writable by this user (uid {os.getuid()})")
+
+
+def check_file(path: Path, what: str) -> None:
+    """`path` can be written as a file: not a folder, and its folder can be made and written into."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    check_folder(path.parent, what)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from builder.catalog import Target
-from builder.errors import UserError
+from builder.errors import UserError, shown
 from builder.render import image_tag
 
 DEFAULT_REGISTRY = "ghcr.io/r1kit"
@@ -36,7 +36,7 @@ def release_version(value: str | None) -> str | None:
         return None
     match = RELEASE.match(value)
     if not match:
-        raise UserError(f"release {value!r} is not a version such as v0.2.0 or 0.2.0")
+        raise UserError(f"release {shown(value)} is not a version such as v0.2.0 or 0.2.0")
     return match.group(1)
 
 
@@ -91,4 +91,4 @@ def variant(target: Target, name: str) -> Variant:
         if v.name == name:
             return v
     known = ", ".join(v.name for v in variants(target))
-    raise UserError(f"target {target.name} publishes no variant {name!r} (its variants: {known})")
+    raise UserError(f"target {target.name} publishes no variant {shown(name)} (its variants: {known})")

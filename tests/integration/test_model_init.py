@@ -3,6 +3,7 @@ the llama.cpp image (uid 10001) reads and serves what it wrote."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Iterator
 
@@ -91,3 +92,37 @@ def test_llama_server_serves_what_model_init_wrote(docker: DockerClient, llamacp
         pytest.fail(docker.container.logs(container)[-3000:])
     finally:
         container.remove(force=True)
+
+
+def test_docker_stop_ends_it_promptly_and_the_next_run_resumes(docker: DockerClient, model_init_image: str, local_hub: LocalHub):
+    """builder is PID 1 in the container (no init): `docker stop` sends SIGTERM, which the kernel drops for a PID 1
+    without a handler, and docker kills it after 10 s. It must end at once with 143, its partial file kept."""
+    name = f"r1kit-test-models-i15-{uuid.uuid4().hex[:8]}"
+    docker.volume.create(name)
+    first = f"{R1_IQ1_S}/{R1_IQ1_S}-00001-of-00003.gguf"
+    try:
+        with local_hub.faulty(throttle=40_000):  # about 5 s for the first shard
+            container = docker.run(model_init_image, ["r1-671b-ud-iq1_s"], detach=True, networks=["host"],
+                                   envs={"HF_ENDPOINT": local_hub.url}, volumes=[(name, "/models")], name=f"r1kit-i15-stop-{uuid.uuid4().hex[:8]}")
+            try:
+                deadline = time.monotonic() + 60
+                while not local_hub.requests_for(first):
+                    assert time.monotonic() < deadline, docker.container.logs(container)
+                    time.sleep(0.1)
+                time.sleep(2)  # some 80 kB into the first shard
+                started = time.monotonic()
+                docker.container.stop(container, time=10)
+                took = time.monotonic() - started
+                state = docker.container.inspect(container).state
+                logs = docker.container.logs(container)
+            finally:
+                container.remove(force=True)
+        assert took < 3, f"docker stop took {took:.1f} s"
+        assert state.exit_code == 143, logs
+        assert "stopped by SIGTERM" in logs.strip().splitlines()[-1], logs
+        code, out, err = model_init(docker, model_init_image, local_hub, name, "r1-671b-ud-iq1_s")
+        assert code == 0 and out == f"/models/{first}\n", err
+        ranges = [r.range for r in local_hub.requests_for(first) if r.range]
+        assert ranges and int(ranges[-1].removeprefix("bytes=").split("-")[0]) > 0  # resumed, not restarted
+    finally:
+        docker.volume.remove(name)

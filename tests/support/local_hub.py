@@ -10,12 +10,16 @@ The Hub is unreachable from the test machines, so the suite serves synthetic rep
   answers resolve with 401 (no token) or 403 (a wrong one) + X-Error-Code GatedRepo.
 No Xet headers are sent, so clients take the plain HTTP path. Faults for resume tests: `cut` (close the
 connection after N body bytes, once per file) and `throttle` (bytes per second).
+Hostile listings: a repo may hold paths such as `../../escape-Q4_K_M.gguf` or `/tmp/x.gguf` (the real Hub would
+not, a malicious mirror might); the listing names them as given and their downloads are served at the URLs a
+client ends up requesting (httpx drops `..` segments, an absolute path doubles the slash).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import threading
 import time
 from contextlib import contextmanager
@@ -177,7 +181,19 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                     return self._tree(repo_id, rest[1], "/".join(rest[2:]), "recursive=true" in url.query.lower(), body)
             if len(parts) >= 5 and parts[2] == "resolve":
                 return self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), auth, body)
+            hostile = self._normalized(unquote(url.path))
+            if hostile is not None:
+                return self._resolve(hostile[0], "main", hostile[1], auth, body)
             self._error(404, "EntryNotFound", f"no route {url.path}", body)
+
+        def _normalized(self, path: str) -> tuple[str, str] | None:
+            """The repo file whose resolve URL, once the client normalized its `..` segments, is `path`."""
+            for repo_id, repo in hub.repos.items():
+                for name in repo.files:
+                    for rev in ("main", repo.commit):
+                        if posixpath.normpath(f"/{repo_id}/resolve/{rev}/{name}") == path:
+                            return repo_id, name
+            return None
 
         def _info(self, repo_id: str, rev: str | None, body: bool) -> None:
             repo = self._repo(repo_id, rev, body)
@@ -220,7 +236,7 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             if repo.gated and auth != f"Bearer {TEST_TOKEN}":
                 status = 403 if auth else 401
                 return self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.", body)
-            f = repo.files.get(path)
+            f = repo.files.get(path) or repo.files.get("/" + path)  # an absolute path, listed as such
             if f is None:
                 return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", body)
             headers = {"ETag": f'"{f.etag}"', "X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}

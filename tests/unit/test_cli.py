@@ -66,3 +66,42 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not out_dir.exists()
+
+
+def one_line(result) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["render", "stage"])
+def test_an_output_folder_under_a_regular_file_is_one_line(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file\n")
+    line = one_line(builder(command, "llamacpp-cpu", "-o", str(afile / "sub"), check=False, capture_output=True))
+    assert f"{afile} is not a folder" in line, line
+    assert afile.read_text() == "a regular file\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["render", "llamacpp-cpu", "--bogus"], "--bogus"),
+    (["render"], "TARGET"),
+    (["no-such-command"], "no-such-command"),
+    (["build", "llamacpp-cpu", "--platform"], "--platform"),
+])
+def test_usage_errors_are_one_line_with_the_help_hint(args, message):
+    line = one_line(builder(*args, check=False, capture_output=True))
+    assert message in line and "--help" in line, line
+
+
+@pytest.mark.parametrize("args", [
+    ["render", "llamacpp-cpu", "--set", "blas=" + "x" * 100_000],
+    ["render", "llamacpp-cpu", "--set", "y" * 100_000],
+    ["render", "x" * 100_000],
+    ["tags", "llamacpp-cpu", "--release", "v" * 100_000],
+])
+def test_an_error_echoes_at_most_a_bit_of_a_huge_value(args):
+    line = one_line(builder(*args, check=False, capture_output=True))
+    assert len(line) < 400 and "100000 characters" in line, line
