@@ -16,6 +16,7 @@ from python_on_whales import DockerClient
 from builder.docker import Backend, find_backend
 from support.prerequisites import REPO, ensure_base_image, llamacpp_source
 from support.local_hub import LocalHub
+from support.privileges import tmpfs
 from support.tiny_gguf import write_tiny_model
 
 # Tags of the images the suite builds; the stack tests run these too. Each run tags its own: a fixed tag can be
@@ -53,6 +54,13 @@ def untag_this_runs_images() -> Iterator[None]:
     mine = [ref for ref in refs if ref.split(":", 1)[1].startswith(RUN)]
     if mine:
         subprocess.run(["docker", "image", "rm", *mine], capture_output=True)
+
+
+@pytest.fixture()
+def small_volume(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A small tmpfs (2 MiB unless the test is parametrized with a size): a real filesystem that fills up."""
+    with tmpfs(tmp_path / "small", getattr(request, "param", "2m")) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="session")

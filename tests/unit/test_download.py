@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from builder.progress import DownloadProgress
@@ -160,20 +159,6 @@ def test_verify_finds_corruption_the_done_marker_cannot_see(local_hub: LocalHub,
     result = builder("download", "r1-distill-qwen-1.5b", "--dest", str(dest), "--verify", env=hub_env, check=True)
     assert "is corrupt" in result.stderr
     assert sha256(model) == hub_sha(local_hub, DISTILL_REPO, DISTILL_FILE)
-
-
-@pytest.fixture()
-def small_volume(tmp_path: Path):
-    """A 2 MiB tmpfs: a real filesystem that cannot hold the download plus its margin."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the test machines and CI run as root)")
-    folder = tmp_path / "small"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_destination_too_small_is_refused_before_downloading(local_hub: LocalHub, hub_env: dict[str, str], small_volume: Path):

@@ -6,7 +6,6 @@ against the local Hub (tests/support/local_hub.py), as in test_download.py.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from builder import download as downloads
 from builder.errors import UserError
 from conftest import DISTILL_FILE, DISTILL_REPO, R1_REPO
+from support import privileges
 from support.local_hub import LocalHub
 from support.prerequisites import REPO
 from test_download import SHARDS, builder, files_under, hub_sha, one_line_error, sha256
@@ -211,7 +211,7 @@ def _start(hub_env: dict[str, str], dest: Path, *, as_pid_1: bool) -> tuple[subp
     to signal."""
     command = [sys.executable, "-m", "builder.cli", "download", "r1-671b-ud-iq1_s", "--dest", str(dest)]
     if as_pid_1:
-        command = ["unshare", "--pid", "--fork", "--kill-child", *command]
+        command = privileges.as_pid_1(*command)
     proc = subprocess.Popen(command, cwd=REPO, env=hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not as_pid_1:
         return proc, proc.pid
@@ -236,8 +236,6 @@ def _wait_for_partial(proc: subprocess.Popen, partial_dir: Path, size: int) -> N
 ])
 def test_a_stopped_download_exits_promptly_keeps_its_partial_file_and_resumes(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path,
                                                                                signum: int, status: int, as_pid_1: bool):
-    if as_pid_1 and (os.geteuid() != 0 or shutil.which("unshare") is None):
-        pytest.skip("a new PID namespace needs root and unshare (the test machines and CI have both)")
     dest = tmp_path / "models"
     partial_dir = dest / ".r1kit" / "partial"
     with local_hub.faulty(throttle=40_000):  # about 5 s for the first shard
@@ -285,21 +283,6 @@ def test_merge_onto_another_filesystem_counts_the_copy(hub_env: dict[str, str], 
 
 
 # --- 7. the free-space margin ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def small_volume(tmp_path: Path, request: pytest.FixtureRequest):
-    """A small tmpfs (2 MiB unless the test is parametrized with `size`): a real filesystem that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the test machines and CI run as root)")
-    folder = tmp_path / "small"
-    folder.mkdir()
-    size = getattr(request, "param", "2m")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("small_volume", ["50m"], indirect=True)
