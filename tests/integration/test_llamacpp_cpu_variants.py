@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
-from support.http import post_json, wait_until_healthy
+from support.http import LOOPBACK_ANY_PORT, post_json, published_url, wait_until_healthy
 from support.tiny_gguf import write_tiny_deepseek2, write_tiny_model
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -112,9 +112,9 @@ def test_an_unknown_forced_variant_stops_the_server(docker: DockerClient, llamac
 def test_deepseek2_serves_a_chat_completion(docker: DockerClient, llamacpp_cpu_image: str, models: dict[str, str]):
     """R1's own architecture through llama-server, as the stacks start it (the entrypoint, an API key)."""
     container = docker.run(llamacpp_cpu_image, ["-m", models["deepseek2-Q4_K_M"], "-c", "512", "--api-key", "k", "-np", "1"],
-                           detach=True, publish=[("127.0.0.1:", 8080)], volumes=[(models["folder"], "/models", "ro")])
+                           detach=True, publish=[(LOOPBACK_ANY_PORT, 8080)], volumes=[(models["folder"], "/models", "ro")])
     try:
-        url = f"http://127.0.0.1:{docker.container.inspect(container.id).network_settings.ports['8080/tcp'][0]['HostPort']}"
+        url = published_url(container)
         wait_until_healthy(f"{url}/health")
         answer = post_json(f"{url}/v1/chat/completions",
                            {"messages": [{"role": "user", "content": "Count from one to ten in French"}], "max_tokens": 16},

@@ -13,7 +13,7 @@ from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException
 
 from builder import build, catalog
-from support.http import free_port, post_json, status, wait_until_healthy
+from support.http import LOOPBACK_ANY_PORT, post_json, published_url, status, wait_until_healthy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -30,18 +30,18 @@ def image(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def server(docker: DockerClient, image: str, tiny_model: Path):
-    port = free_port()
     container = docker.run(
         image,
         # -lv 4: the line naming the CPU backend variant that was loaded is logged from this level on.
         ["-m", f"/models/{tiny_model.name}", "-c", "512", "--api-key", API_KEY, "-np", "1", "-lv", "4"],
         detach=True,
-        publish=[(f"127.0.0.1:{port}", 8080)],
+        publish=[(LOOPBACK_ANY_PORT, 8080)],
         volumes=[(str(tiny_model.parent), "/models", "ro")],
     )
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}/health")
-        yield container, f"http://127.0.0.1:{port}"
+        url = published_url(container)
+        wait_until_healthy(f"{url}/health")
+        yield container, url
     finally:
         container.remove(force=True)
 

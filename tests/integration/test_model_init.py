@@ -12,7 +12,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from conftest import R1_IQ1_S
-from support.http import free_port, post_json, wait_until_healthy
+from support.http import LOOPBACK_ANY_PORT, post_json, published_url, wait_until_healthy
 from support.local_hub import LocalHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -81,12 +81,12 @@ def test_an_error_is_one_line_and_exit_2(docker: DockerClient, model_init_image:
 
 @pytest.mark.parametrize("model", ["/models/merged/r1.gguf", FIRST_SHARD], ids=["merged", "first-shard"])
 def test_llama_server_serves_what_model_init_wrote(docker: DockerClient, llamacpp_cpu_image: str, volume: str, fetched, model: str):
-    port = free_port()
     container = docker.run(llamacpp_cpu_image, ["-m", model, "-c", "512", "-np", "1"], detach=True,
-                           publish=[(f"127.0.0.1:{port}", 8080)], volumes=[(volume, "/models", "ro")])
+                           publish=[(LOOPBACK_ANY_PORT, 8080)], volumes=[(volume, "/models", "ro")])
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}/health")
-        answer = post_json(f"http://127.0.0.1:{port}/completion", {"prompt": "hello world", "n_predict": 8})
+        url = published_url(container)
+        wait_until_healthy(f"{url}/health")
+        answer = post_json(f"{url}/completion", {"prompt": "hello world", "n_predict": 8})
         assert answer["tokens_predicted"] > 0
     except (TimeoutError, DockerException):
         pytest.fail(docker.container.logs(container)[-3000:])

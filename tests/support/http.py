@@ -10,10 +10,22 @@ import urllib.request
 from typing import Any
 
 
+# Containers publish on ("127.0.0.1:", PORT): Docker picks a free host port at bind time. A port picked free here and
+# bound later by Docker can be taken in between by anything else on a shared machine.
+LOOPBACK_ANY_PORT = "127.0.0.1:"
+
+
 def free_port() -> int:
+    """A port free now (the stack tests still pass one to compose; see LOOPBACK_ANY_PORT for why not to)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def published_url(container: Any, port: int = 8080) -> str:
+    """http://127.0.0.1:<host port> that Docker published `port` of a python-on-whales container on."""
+    container.reload()
+    return f"http://127.0.0.1:{container.network_settings.ports[f'{port}/tcp'][0]['HostPort']}"
 
 
 def status(url: str, timeout: float = 5) -> int:
