@@ -83,20 +83,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model
 
 
-def _build(tag: str, source: Path, *extra: str) -> str:
-    builder("build", "llamacpp-cpu", "--source", str(source), "--tag", tag, *extra)
+def _build(tag: str, source: Path, base_image: str, *extra: str) -> str:
+    builder("build", "llamacpp-cpu", "--source", str(source), "--tag", tag,
+            "--build-arg", f"BUILD_IMAGE={base_image}", "--build-arg", f"RUNTIME_IMAGE={base_image}", *extra)
     return tag
 
 
 @pytest.fixture(scope="session")
 def llamacpp_cpu_image(base_image: str, source_tarball: Path) -> str:
-    return _build(LLAMACPP_CPU, source_tarball)
+    return _build(LLAMACPP_CPU, source_tarball, base_image)
 
 
 @pytest.fixture(scope="session")
 def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
     # AMD's BLIS source is on GitHub only: the suite links the distribution's BLIS through the same FLAME path.
-    return _build(LLAMACPP_CPU_BLIS, source_tarball, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
+    return _build(LLAMACPP_CPU_BLIS, source_tarball, base_image, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
 
 
 @pytest.fixture(scope="session")
@@ -111,9 +112,10 @@ def builder_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_init_image(llamacpp_cpu_image: str, builder_wheelhouse: Path) -> str:
+def model_init_image(base_image: str, llamacpp_cpu_image: str, builder_wheelhouse: Path) -> str:
     """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
-    builder("build", "model-init", "--source", str(builder_wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}", "--tag", MODEL_INIT)
+    builder("build", "model-init", "--source", str(builder_wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}",
+            "--build-arg", f"BASE_IMAGE={base_image}", "--tag", MODEL_INIT)
     return MODEL_INIT
 
 

