@@ -4,8 +4,11 @@
 # entrypoint.sh the images use, run directly.
 #
 # usage, from the repository root: bash tests/gpu/cpu-variants.sh LLAMA_CPP_TARBALL OUT_DIR
-# (WORK_DIR, default /tmp/r1kit-cpu, holds the build; a rerun with the same tarball skips the compile.)
+# (WORK_DIR, default /tmp/r1kit-cpu, holds the build; a rerun with the same tarball skips the compile, and a CUDA
+# build of tests/gpu/llamacpp.sh in the same WORK_DIR serves as well. MATRIX_VARIANTS and BENCH narrow the runs;
+# BENCH=skip leaves the speed runs out.)
 set -uo pipefail
+export CUDA_VISIBLE_DEVICES=""  # the CPU kernels alone, also with a CUDA build
 
 tarball=${1:?usage: cpu-variants.sh LLAMA_CPP_TARBALL OUT_DIR}
 out=$(mkdir -p "${2:?usage: cpu-variants.sh LLAMA_CPP_TARBALL OUT_DIR}" && cd "$2" && pwd)
@@ -101,6 +104,7 @@ bench() {  # bench LABEL VARIANT REPACK
       -p 512 -n 128 -r 2 -t "$threads" --repack "$3" -o jsonl 2>/dev/null | sed "s/^{/{\"label\": \"$1\", /" >> "$out/bench.jsonl"
   done
 }
+[ "${BENCH:-}" = skip ] && exit 0
 for label in ${BENCH:-sapphirerapids:sapphirerapids:1 sapphirerapids-repack0:sapphirerapids:0 zen4:zen4:1 icelake:icelake:1 haswell:haswell:1}; do
   IFS=: read -r l v r <<< "$label"
   grep -q "^[1-9][0-9]* .*libggml-cpu-$v.so" "$work/scores.txt" && bench "$l" "$v" "$r"
