@@ -56,7 +56,7 @@ probe() {
     GGML_BACKEND_PATH=$1 CUDA_VISIBLE_DEVICES="" timeout "${LLAMACPP_CPU_PROBE_TIMEOUT:-120}" \
         llama-bench -m "$probe_model" -p 32 -n 4 -r 1 -ngl 0 --repack "$2" -o csv >/dev/null 2>"$log" || status=$?
     if [ "$status" != 0 ]; then
-        why=$(grep -m 1 -E 'GGML_ASSERT|error|Illegal|failed' "$log" 2>/dev/null || true)
+        why=$(grep -m 1 'GGML_ASSERT' "$log" 2>/dev/null || grep -m 1 -E 'Illegal|error' "$log" 2>/dev/null || true)
         say "CPU variant $(variant_name "$1")$([ "$2" = 1 ] || echo ' without repacking') failed the probe (exit $status${why:+: $why})"
     fi
     [ "$log" = /dev/null ] || rm -f "$log"
