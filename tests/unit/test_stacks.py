@@ -31,9 +31,11 @@ CATALOG = catalog.load()
 KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0"}
 # The variable each compose secret (by its target name) comes from where set.
 SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY"}
-# The project's own services: every hardening applies. The one-shots also run under an init.
+# The project's own services: no capabilities, no privilege gain. The one-shots also run under an init; the engine
+# on a read-only root (the one-shots take secrets from variables, which compose cannot copy into a read-only one).
 OURS = {"model-init", "secrets-init", "llamacpp"}
 ONE_SHOTS = {"model-init", "secrets-init"}
+READ_ONLY = {"llamacpp"}
 
 # Each stack alone and with each of its override files (CPU, engine port).
 COMBOS = {
@@ -200,8 +202,8 @@ def test_each_key_goes_to_the_services_that_need_it():
 
 
 def test_our_services_are_hardened_in_every_combination(combo):
-    """no-new-privileges and no capabilities on every service of ours (and Open WebUI), a read-only root on ours,
-    an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
+    """no-new-privileges and no capabilities on every service of ours (and Open WebUI), a read-only root for the
+    engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
     name, cfg = combo
     services = cfg["services"]
     assert OURS & set(services) == OURS - ({"llamacpp"} if name.startswith("ollama") else set())
@@ -210,8 +212,12 @@ def test_our_services_are_hardened_in_every_combination(combo):
         if service in OURS or service == "open-webui":
             assert spec.get("cap_drop") == ["ALL"] and not spec.get("cap_add"), f"{name}: {service}"
             assert not spec.get("privileged"), f"{name}: {service}"
-        if service in OURS:
-            assert spec.get("read_only") is True, f"{name}: {service} has a writable root"
+        assert spec.get("read_only", False) is (service in READ_ONLY), f"{name}: {service}"
+        if service in READ_ONLY:
+            assert "/tmp" in spec.get("tmpfs", []), f"{name}: {service}"
+        if spec.get("secrets"):
+            # compose copies a secret taken from a variable into the container; it refuses where the root is read-only
+            assert not spec.get("read_only"), f"{name}: {service} could not take the user's secrets"
         assert spec.get("init", False) is (service in ONE_SHOTS), f"{name}: {service}"
 
 
