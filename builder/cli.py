@@ -114,7 +114,7 @@ def _settings(target: Target, variant: str | None, sets: tuple[str, ...], extra:
         name = key.replace("-", "_")
         if name not in target.options:
             known = ", ".join(target.options) or "none"
-            raise UserError(f"no such option {shown(flag, 40)[1:-1]}: target {target.name} has no option {shown(name)} "
+            raise UserError(f"no such option {flag[:40]}: target {target.name} has no option {shown(name)} "
                             f"(its options: {known}; see `builder list` or --help)")
         if not sep:
             if not rest:

@@ -7,7 +7,8 @@ their published variants. From it come:
 - the default image references in stacks/*.yml and stacks/.env.example: every `${R1KIT_REGISTRY...}/<target>:<tag>`
   whose <target> is in the catalog gets the target's versioned tag. Only the tag after the colon is rewritten; the
   rest of those hand-written files is never touched;
-- the README's table of published tags, between the two SYNC_BEGIN/SYNC_END marker lines.
+- the README's table of published tags, between the two SYNC_BEGIN/SYNC_END marker lines, and its quotes of the
+  stacks' default references (the same rule).
 `builder sync --check` reports what differs and writes nothing (a unit test and the bump workflow run it), as
 docker-library's apply-templates.sh and its verify job do.
 """
@@ -94,7 +95,8 @@ def expected(root: Path, catalog: Catalog) -> list[Generated]:
             out.append(Generated(path, rewrite_references(path.read_text(), catalog)))
     readme = root / "README.md"
     if readme.is_file():
-        out.append(Generated(readme, rewrite_readme(readme.read_text(), catalog)))
+        # The README's default references (the stacks' defaults, quoted) follow the same rule.
+        out.append(Generated(readme, rewrite_readme(rewrite_references(readme.read_text(), catalog), catalog)))
     return out
 
 
