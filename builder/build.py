@@ -229,4 +229,5 @@ def smoke_test(build: BuildPlan, backend: Backend) -> str:
     try:
         return str(backend.whales().run(build.tags[0], command[1:], entrypoint=command[0], remove=True))
     except DockerException as e:
-        raise UserError(f"smoke test `{shlex.join(command)}` failed in {build.tags[0]}: {e.stderr.strip().splitlines()[-1:] or e}") from None
+        last = (e.stderr or "").strip().splitlines()[-1:]  # python-on-whales leaves stderr None when it was not captured
+        raise UserError(f"smoke test `{shlex.join(command)}` failed in {build.tags[0]}: {last[0] if last else e}") from None

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import jsonschema
 import yaml
 
 from builder.errors import UserError, shown
@@ -181,6 +180,9 @@ def read_spec(spec_path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise UserError(f"{spec_path}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    # Imported here: `builder download` (the model-init image) never reads image.yaml and need not load jsonschema.
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(spec))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "top level"
