@@ -7,13 +7,14 @@ which `--dry-run` prints.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -42,6 +43,8 @@ class BuildPlan:
     source: Path | None
     push: bool
     no_cache: bool
+    # Further local sources (`--source NAME=PATH`), staged as source-NAME/.
+    extra_sources: Mapping[str, Path] = field(default_factory=dict)
 
     def command(self, backend: Backend, context: str = CONTEXT) -> list[str]:
         cmd = [*backend.build_command, "--progress", "plain", "--file", f"{context}/Dockerfile"]
@@ -73,6 +76,35 @@ def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+NAMED_SOURCE = re.compile(r"^([a-z][a-z0-9-]*)=(.+)$")
+
+
+def split_sources(target: Target, values: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
+    """`--source PATH` (the target's own source) and `--source NAME=PATH` (one of its extra_sources)."""
+    primary: Path | None = None
+    named: dict[str, Path] = {}
+    for value in values:
+        match = NAMED_SOURCE.match(value)
+        if match and not Path(value).exists():
+            name, path = match.groups()
+            if name not in target.extra_sources:
+                known = ", ".join(target.extra_sources) or "none"
+                raise UserError(f"target {target.name} takes no --source {shown(name)}=... (its named sources: {known})")
+            named[name] = Path(path).resolve()
+        elif primary is None:
+            primary = Path(value).resolve()
+        else:
+            raise UserError(f"--source {shown(value)}: give the target's own source once, others as NAME=PATH")
+    return primary, named
+
+
+def _check_source(flag: str, source: Path) -> None:
+    if not source.exists():
+        raise UserError(f"{flag} {source} does not exist: give a source checkout folder or a .tar.gz of one")
+    if not (source.is_dir() or tarfile.is_tarfile(source)):
+        raise UserError(f"{flag} {source} is neither a folder nor a tarball")
+
+
 def plan(
     target: Target,
     settings: Mapping[str, str],
@@ -81,6 +113,7 @@ def plan(
     tags: tuple[str, ...] = (),
     build_args: tuple[str, ...] = (),
     source: Path | None = None,
+    extra_sources: Mapping[str, Path] | None = None,
     push: bool = False,
     no_cache: bool = False,
     registry: str | None = None,
@@ -92,11 +125,11 @@ def plan(
     if source is not None:
         if not target.source_arg:
             raise UserError(f"target {target.name} takes no --source")
-        if not source.exists():
-            raise UserError(f"--source {source} does not exist: give a source checkout folder or a .tar.gz of one")
-        if not (source.is_dir() or tarfile.is_tarfile(source)):
-            raise UserError(f"--source {source} is neither a folder nor a tarball")
+        _check_source("--source", source)
         args = {target.source_arg: "local", **args}
+    for name, path in (extra_sources or {}).items():
+        _check_source(f"--source {name}=", path)
+        args = {target.extra_sources[name]: "local", **args}
     if len(platforms) > 1 and not push:
         raise UserError("several --platform values need --push (a local image store holds one platform)")
     # The project's tags (tags.py), the same the images workflow pushes, unless the user names their own.
@@ -111,10 +144,11 @@ def plan(
         source=source,
         push=push,
         no_cache=no_cache,
+        extra_sources=dict(extra_sources or {}),
     )
 
 
-STAGE_EXCLUDES = {"image.yaml", "source"}
+STAGE_EXCLUDES = {"image.yaml", "source"}  # and source-NAME/ folders (below)
 
 
 def stage_context(build: BuildPlan, into: Path) -> None:
@@ -124,7 +158,7 @@ def stage_context(build: BuildPlan, into: Path) -> None:
     # stages --source instead).
     top = build.target.folder
     shutil.copytree(top, into, dirs_exist_ok=True,
-                    ignore=lambda d, names: [n for n in names if n == "__pycache__" or Path(d) == top and (n in STAGE_EXCLUDES or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
+                    ignore=lambda d, names: [n for n in names if n == "__pycache__" or Path(d) == top and (n in STAGE_EXCLUDES or n.startswith("source-") or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
     (into / "Dockerfile").write_text(build.dockerfile)
     repo = build.target.folder.parent.parent
     for name in build.target.repo_files:
@@ -133,17 +167,24 @@ def stage_context(build: BuildPlan, into: Path) -> None:
             shutil.copytree(path, into / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(path, into / name)
-    if build.source is None:
+    if build.source is not None:
+        _stage_source(build.source, into / "source", into / "unpacked")
+    for name, path in build.extra_sources.items():
+        _stage_source(path, into / f"source-{name}", into / f"unpacked-{name}")
+
+
+def _stage_source(source: Path, dest: Path, scratch: Path) -> None:
+    """A checkout folder (copied without .git and build/) or a tarball (unpacked) as `dest`."""
+    if source.is_dir():
+        shutil.copytree(source, dest, symlinks=True, ignore=lambda d, names: [n for n in names if n in SOURCE_EXCLUDES and Path(d) == source])
         return
-    dest = into / "source"
-    if build.source.is_dir():
-        shutil.copytree(build.source, dest, symlinks=True, ignore=lambda d, names: [n for n in names if n in SOURCE_EXCLUDES and Path(d) == build.source])
-        return
-    with tarfile.open(build.source) as tar:
-        tar.extractall(into / "unpacked", filter="data")
-    top = list((into / "unpacked").iterdir())
+    with tarfile.open(source) as tar:
+        tar.extractall(scratch, filter="data")
+    top = list(scratch.iterdir())
     # A release tarball holds one top folder (llama.cpp-b1234/): its content is the source.
-    (top[0] if len(top) == 1 and top[0].is_dir() else into / "unpacked").rename(dest)
+    (top[0] if len(top) == 1 and top[0].is_dir() else scratch).rename(dest)
+    if scratch.exists():
+        shutil.rmtree(scratch)
 
 
 def stage(build: BuildPlan, into: Path) -> None:
@@ -188,4 +229,5 @@ def smoke_test(build: BuildPlan, backend: Backend) -> str:
     try:
         return str(backend.whales().run(build.tags[0], command[1:], entrypoint=command[0], remove=True))
     except DockerException as e:
-        raise UserError(f"smoke test `{shlex.join(command)}` failed in {build.tags[0]}: {e.stderr.strip().splitlines()[-1:] or e}") from None
+        last = (e.stderr or "").strip().splitlines()[-1:]  # python-on-whales leaves stderr None when it was not captured
+        raise UserError(f"smoke test `{shlex.join(command)}` failed in {build.tags[0]}: {last[0] if last else e}") from None

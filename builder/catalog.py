@@ -5,8 +5,10 @@ Validation happens here, once: an unknown target, option or value is rejected be
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -46,6 +48,24 @@ class Published:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """An image folder's pinned release: its version and, for an engine built from upstream source, the release
+    tarball's URL and sha256 (None until the bump workflow computed it). Every other file that names them is
+    generated from here (`builder sync`)."""
+
+    folder: str
+    version: str
+    url: str | None = None
+    sha256: str | None = None
+    upstream_repo: str | None = None
+    tag_pattern: str | None = None
+
+    @property
+    def source_url(self) -> str | None:
+        return self.url.replace("{version}", self.version) if self.url else None
+
+
+@dataclass(frozen=True)
 class Target:
     """One buildable image: a template, fixed parameters, options and platforms."""
 
@@ -64,6 +84,17 @@ class Target:
     repo_files: tuple[str, ...] = ()
     # The variants CI publishes (image.yaml `publish:`); by default the default options on every platform.
     published: tuple[Published, ...] = ()
+    # Further local sources (`--source NAME=PATH`): name -> the build arg that selects them.
+    extra_sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The engine this target runs (image.yaml `engine:`), as the model catalog names it.
+    engine: str | None = None
+    # Every image folder's pin, by folder name: a template may name another folder's pin (model-init builds
+    # llama-gguf-split from llama.cpp's), and this folder's own is pins[folder.name].
+    pins: Mapping[str, Pin] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def pin(self) -> Pin:
+        return self.pins.get(self.folder.name) or Pin(self.folder.name, self.version)
 
     def resolve(self, settings: Mapping[str, str]) -> dict[str, str]:
         """Every option's value: the defaults, overridden by checked `settings`."""
@@ -83,6 +114,13 @@ class Target:
 @dataclass(frozen=True)
 class Catalog:
     targets: Mapping[str, Target]
+    pins: Mapping[str, Pin] = field(default_factory=lambda: MappingProxyType({}))
+
+    def engines(self, stacks: Path | None = None) -> set[str]:
+        """The engines the project runs: those its image folders build (image.yaml `engine:`), and those a stack
+        runs from an upstream image (stacks/<engine>-webui.yml, e.g. Ollama's)."""
+        from_stacks = {p.name.removesuffix("-webui.yml") for p in stacks.glob("*-webui.yml")} if stacks else set()
+        return {t.engine for t in self.targets.values() if t.engine} | from_stacks
 
     def get(self, name: str) -> Target:
         try:
@@ -131,10 +169,36 @@ def _published(target: Target, raw: Any, where: Path) -> tuple[Published, ...]:
     return tuple(out)
 
 
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("builder").joinpath("image.schema.json").read_text())
+
+
+def read_spec(spec_path: Path) -> dict[str, Any]:
+    """image.yaml, parsed and checked against builder/image.schema.json: one line naming the file and the key."""
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError(f"{spec_path}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    # Imported here: `builder download` (the model-init image) never reads image.yaml and need not load jsonschema.
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(spec))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        raise UserError(f"{spec_path}: {where}: {error.message}")
+    return spec
+
+
+def _pin(folder: Path, spec: Mapping[str, Any]) -> Pin:
+    source, upstream = spec.get("source") or {}, spec.get("upstream") or {}
+    return Pin(folder.name, str(spec["version"]), source.get("url"), source.get("sha256"), upstream.get("repo"), upstream.get("tag_pattern"))
+
+
 def load_folder(folder: Path) -> list[Target]:
     """The targets one image folder declares."""
     spec_path = folder / "image.yaml"
-    spec = yaml.safe_load(spec_path.read_text())
+    spec = read_spec(spec_path)
     shared = _options(spec.get("options", {}), spec_path)
     targets = []
     for name, t in spec["targets"].items():
@@ -155,6 +219,9 @@ def load_folder(folder: Path) -> list[Target]:
             tag=t.get("tag", spec.get("tag", "{{ version }}")),
             source_arg=spec.get("source_arg"),
             repo_files=tuple(spec.get("repo_files", ())),
+            extra_sources=MappingProxyType(dict(spec.get("extra_sources", {}))),
+            engine=spec.get("engine"),
+            pins=MappingProxyType({folder.name: _pin(folder, spec)}),
         )
         targets.append(replace(target, published=_published(target, t.get("publish"), spec_path)))
     return targets
@@ -163,9 +230,12 @@ def load_folder(folder: Path) -> list[Target]:
 def load(root: Path | None = None) -> Catalog:
     root = root or images_dir()
     targets: dict[str, Target] = {}
+    pins: dict[str, Pin] = {}
     for spec in sorted(root.glob("*/image.yaml")):
         for target in load_folder(spec.parent):
             if target.name in targets:
                 raise UserError(f"target {target.name} is declared twice ({targets[target.name].folder}, {spec.parent})")
             targets[target.name] = target
-    return Catalog(MappingProxyType(targets))
+            pins.update(target.pins)
+    every = MappingProxyType(pins)
+    return Catalog(MappingProxyType({name: replace(t, pins=every) for name, t in targets.items()}), every)

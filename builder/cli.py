@@ -12,14 +12,12 @@ from typing import Any
 import click
 
 from builder import build as builds
-from builder import catalog, ci, docker, models
+from builder import catalog, ci, docker, download_steps, models, sync
 from builder import download as downloads
-from builder import modelfile as modelfiles
 from builder import tags as tagging
 from builder.catalog import Target
 from builder.errors import Stopped, UserError, shown
-from builder.paths import check_file, check_folder
-from builder.progress import DownloadProgress, human
+from builder.paths import check_folder, find_repo_root, repo_root
 from builder.render import render as render_dockerfile
 
 
@@ -98,23 +96,42 @@ class Layers(click.ParamType):
         return int(text)
 
 
-def _settings(target: Target, variant: str | None, blas: str | None, sets: tuple[str, ...]) -> dict[str, str]:
-    """A published variant's options (if named), overridden by --set and --blas."""
+def _settings(target: Target, variant: str | None, sets: tuple[str, ...], extra: list[str]) -> dict[str, str]:
+    """A published variant's options (if named), overridden by --set KEY=VALUE and by the target's own options
+    given as flags (`--blas blis` for a target that declares `blas`; any other target refuses it by name)."""
     out = dict(tagging.variant(target, variant).settings) if variant else {}
     for pair in sets:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set {shown(pair)} is not KEY=VALUE")
         out[key] = value
-    if blas is not None:
-        out["blas"] = blas
+    rest = list(extra)
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--") or len(flag) < 3:
+            raise UserError(f"unexpected argument {shown(flag)}")
+        key, sep, value = flag[2:].partition("=")
+        name = key.replace("-", "_")
+        if name not in target.options:
+            known = ", ".join(target.options) or "none"
+            raise UserError(f"no such option {flag[:40]}: target {target.name} has no option {shown(name)} "
+                            f"(its options: {known}; see `builder list` or --help)")
+        if not sep:
+            if not rest:
+                raise UserError(f"--{key} needs a value")
+            value = rest.pop(0)
+        out[name] = value
     return out
 
 
+# The options a target declares in image.yaml are taken as flags too (`--blas blis`): click leaves them in ctx.args
+# and _settings checks each against the target.
+TARGET_OPTIONS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
 def option_flags(f):
-    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a template option (see `builder list`).")(f)
-    f = click.option("--variant", help="Start from a published variant's options, e.g. cu13-blis (see `builder list`).")(f)
-    return click.option("--blas", help="BLAS library for CPU prompt processing (same as --set blas=...).")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a target option (see `builder list`); or --KEY VALUE.")(f)
+    return click.option("--variant", help="Start from a published variant's options, e.g. cu13-blis (see `builder list`).")(f)
 
 
 def release_flag(f):
@@ -137,6 +154,8 @@ def list_targets(as_json: bool) -> None:
             "description": t.description,
             "platforms": list(t.platforms),
             "version": t.version,
+            "engine": t.engine,
+            "source": {"url": t.pin.source_url, "sha256": t.pin.sha256} if t.pin.url else None,
             "folder": str(t.folder.relative_to(t.folder.parent.parent)),
             "options": {o.name: {"default": o.default, "choices": list(o.choices), "help": o.help} for o in t.options.values()},
             "variants": [
@@ -156,16 +175,17 @@ def list_targets(as_json: bool) -> None:
             click.echo(f"{'':<16}   --set {name}={values}  (default {opt['default']})")
 
 
-@main.command()
+@main.command(context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write DIR/Dockerfile instead of printing it.")
-def render(target: str, variant: str | None, blas: str | None, sets: tuple[str, ...], output: Path | None) -> None:
+@click.pass_context
+def render(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], output: Path | None) -> None:
     """Print TARGET's Dockerfile, or write it under DIR."""
     if output is not None:
         check_folder(output, "-o")
     t = catalog.load().get(target)
-    text = render_dockerfile(t, _settings(t, variant, blas, sets))
+    text = render_dockerfile(t, _settings(t, variant, sets, ctx.args))
     if output is None:
         click.echo(text, nl=False)
         return
@@ -174,21 +194,26 @@ def render(target: str, variant: str | None, blas: str | None, sets: tuple[str, 
     click.echo(output / "Dockerfile", err=True)
 
 
-@main.command()
+SOURCE_HELP = "Build from this checkout or tarball (staged as source/); NAME=PATH for a named source (see image.yaml extra_sources)."
+
+
+@main.command(context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
-@click.option("--source", type=click.Path(path_type=Path), help="Stage this engine checkout or tarball as source/.")
+@click.option("--source", "sources", multiple=True, metavar="[NAME=]PATH", help=SOURCE_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new or empty folder.")
-def stage(target: str, variant: str | None, blas: str | None, sets: tuple[str, ...], source: Path | None, output: Path) -> None:
+@click.pass_context
+def stage(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], sources: tuple[str, ...], output: Path) -> None:
     """Write TARGET's full build context (what `builder build` sends to BuildKit) into DIR."""
     check_folder(output, "-o")
     t = catalog.load().get(target)
-    plan = builds.plan(t, _settings(t, variant, blas, sets), source=source.resolve() if source else None)
+    source, named = builds.split_sources(t, sources)
+    plan = builds.plan(t, _settings(t, variant, sets, ctx.args), source=source, extra_sources=named)
     builds.stage(plan, output)
     click.echo(output, err=True)
 
 
-@main.command()
+@main.command(context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("--platform", "platforms", multiple=True, help="linux/amd64, linux/arm64 (repeat or comma-separate).")
@@ -197,13 +222,14 @@ def stage(target: str, variant: str | None, blas: str | None, sets: tuple[str, .
 @release_flag
 @click.option("--push", is_flag=True, help="Push the image (and build every --platform).")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Pass a build arg to docker.")
-@click.option("--source", type=click.Path(path_type=Path), help="Build the engine from this checkout or tarball.")
+@click.option("--source", "sources", multiple=True, metavar="[NAME=]PATH", help=SOURCE_HELP)
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--dry-run", is_flag=True, help="Print the docker command and build nothing.")
+@click.pass_context
 def build(
+    ctx: click.Context,
     target: str,
     variant: str | None,
-    blas: str | None,
     sets: tuple[str, ...],
     platforms: tuple[str, ...],
     tags: tuple[str, ...],
@@ -211,20 +237,22 @@ def build(
     release: str | None,
     push: bool,
     build_args: tuple[str, ...],
-    source: Path | None,
+    sources: tuple[str, ...],
     no_cache: bool,
     dry_run: bool,
 ) -> None:
     """Build TARGET's image with BuildKit, then run its smoke test."""
     split = tuple(p.strip() for value in platforms for p in value.split(",") if p.strip())
     t = catalog.load().get(target)
+    source, named = builds.split_sources(t, sources)
     plan = builds.plan(
         t,
-        _settings(t, variant, blas, sets),
+        _settings(t, variant, sets, ctx.args),
         platforms=split,
         tags=tags,
         build_args=build_args,
-        source=source.resolve() if source else None,
+        source=source,
+        extra_sources=named,
         push=push,
         no_cache=no_cache,
         registry=registry,
@@ -235,7 +263,8 @@ def build(
     if len(split) > 1 and backend.kind != "buildx":
         raise UserError("building several platforms needs the docker buildx plugin")
     if dry_run:
-        click.echo(f"# {builds.CONTEXT}: {plan.target.folder}, the rendered Dockerfile" + (f", and {plan.source} as source/" if plan.source else ""))
+        staged = ([f"{plan.source} as source/"] if plan.source else []) + [f"{p} as source-{n}/" for n, p in plan.extra_sources.items()]
+        click.echo(f"# {builds.CONTEXT}: {plan.target.folder}, the rendered Dockerfile" + "".join(f", and {s}" for s in staged))
         click.echo(plan.shell_line(backend))
         return
     builds.run(plan, backend)
@@ -245,15 +274,60 @@ def build(
     click.echo("\n".join(plan.tags))
 
 
-@main.command()
+@main.command(context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("--registry", help="Registry and owner (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
 @release_flag
-def tags(target: str, variant: str | None, blas: str | None, sets: tuple[str, ...], registry: str | None, release: str | None) -> None:
+@click.pass_context
+def tags(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None) -> None:
     """Print the image references `builder build` and the images workflow tag TARGET with, one a line."""
     t = catalog.load().get(target)
-    click.echo("\n".join(tagging.image_refs(t, _settings(t, variant, blas, sets), registry, release)))
+    click.echo("\n".join(tagging.image_refs(t, _settings(t, variant, sets, ctx.args), registry, release)))
+
+
+@main.command("sync")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
+def sync_command(check: bool) -> None:
+    """Regenerate what derives from images/*/image.yaml: the committed renders, the stacks' default image tags,
+    the README's tag table."""
+    root = repo_root()
+    cat = catalog.load()
+    if check:
+        stale = sync.stale(root, cat)
+        if stale:
+            _error(f"out of date: {', '.join(str(p.relative_to(root)) for p in stale)}; run `builder sync`")
+            sys.exit(1)
+        return
+    for path in sync.write(root, cat):
+        click.echo(path.relative_to(root), err=True)
+
+
+@main.command()
+@click.argument("engine")
+@click.argument("version")
+@click.option("--sha256", help="The sha256 of the release tarball (image.yaml source.url) at VERSION.")
+def pin(engine: str, version: str, sha256: str | None) -> None:
+    """Pin ENGINE (a folder under images/) to VERSION, then sync: what the bump workflow runs."""
+    root = repo_root()
+    folder = root / "images" / engine
+    before = catalog.load()
+    if engine not in before.pins:
+        raise UserError(f"no image folder {shown(engine)}: choose one of {', '.join(sorted(before.pins))}")
+    if before.pins[engine].url and sha256 is None:
+        raise UserError(f"{engine} builds from {before.pins[engine].url}: give that tarball's --sha256 at {version}")
+    sync.pin(folder, version, sha256)
+    for path in sync.write(root, catalog.load()):
+        click.echo(path.relative_to(root), err=True)
+
+
+@main.command()
+def upstreams() -> None:
+    """One line per engine that the bump workflow follows: FOLDER REPO TAG_PATTERN VERSION SHA256 URL_TEMPLATE
+    (SHA256 is `-` until computed)."""
+    for p in catalog.load().pins.values():
+        if p.upstream_repo:
+            click.echo(" ".join([p.folder, p.upstream_repo, p.tag_pattern or ".", p.version, p.sha256 or "-", p.url or "-"]))
 
 
 @main.command()
@@ -270,6 +344,9 @@ def matrix(job: str, registry: str | None, release: str | None) -> None:
 def list_models(as_json: bool) -> None:
     """The model catalog: what `builder download NAME` fetches."""
     cat = models.load()
+    root = find_repo_root()
+    if root is not None:  # the model-init image carries no images/ folder to check the engines against
+        models.check_engines(cat, catalog.load(root / "images").engines(root / "stacks"))
     rows = [{**dataclasses.asdict(m), "default": m.name == cat.default} for m in cat.models.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -303,96 +380,9 @@ def download(**options: Any) -> None:
     into DEST, resumably and verified; print the path the engine loads."""
     with downloads.stop_on_signals():
         try:
-            _download(DownloadOptions(**options))
+            click.echo("\n".join(download_steps.run(download_steps.Request(**options)).lines))
         except Stopped as e:
             raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class DownloadOptions:
-    """`builder download`'s options, as click parsed them."""
-
-    model: str | None
-    dest: Path
-    include: tuple[str, ...]
-    revision: str | None
-    dry_run: bool
-    verify: bool
-    merge: Path | None
-    force: bool
-    modelfile: Path | None
-    num_ctx: int
-    num_gpu: int | str | None
-    path_file: Path | None
-    min_free: int | None
-
-
-def _download(o: DownloadOptions) -> None:
-    selection = models.resolve(o.model or models.load().default, o.include, o.revision)
-    dest, merge, modelfile = o.dest, o.merge, o.modelfile
-    gpu_layers = _num_gpu(o.num_gpu, selection)
-    if modelfile and selection.model and selection.model.format != "gguf":
-        raise UserError(f"--modelfile is for GGUF models; {selection.label} is {selection.model.format}")
-    # Every output's folder is checked before the download: a path under a regular file used to fail only after it.
-    check_folder(dest, "--dest", writable=False)  # a finished download in a read-only folder still answers
-    for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
-        if path is not None:
-            check_file(path, flag)
-    progress = DownloadProgress()
-    dest = dest.resolve()
-    if not o.dry_run:
-        downloads.clean_leftovers(dest, selection)
-    engine = None if (o.verify or o.dry_run) else downloads.done(selection, dest)
-    if engine is not None:
-        progress.note(f"{selection.label}: already downloaded and verified in {dest}")
-    else:
-        if not o.dry_run:
-            check_folder(dest, "--dest")
-        token = downloads.read_token()
-        plan = downloads.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
-        if o.dry_run:
-            click.echo("\n".join(downloads.describe(plan)))
-            return
-        if modelfile:  # checked before a byte is fetched
-            _check_modelfile_source(plan.format == "gguf", len(plan.gguf_files) > 1, merge)
-        for line in downloads.describe(plan):
-            progress.note(line)
-        try:
-            downloads.fetch(plan, token, progress, verify=o.verify)
-        except OSError as e:  # a disk filled by someone else meanwhile
-            raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
-        engine = plan.engine_path
-    if modelfile is not None:  # again for a finished download, which made no plan
-        _check_modelfile_source(engine.suffix == ".gguf", bool(downloads.SHARD.match(engine.name)), merge)
-    if merge is not None:
-        if engine.suffix != ".gguf":
-            raise UserError("--merge is for GGUF models")
-        engine = downloads.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
-    if modelfile is not None:
-        template = selection.model.template if selection.model else None
-        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
-        downloads.atomic_write(modelfile.resolve(), text)
-        progress.note(f"wrote {modelfile}")
-    if o.path_file is not None:
-        downloads.atomic_write(o.path_file.resolve(), f"{engine}\n")
-    progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
-    click.echo(str(engine))
-
-
-def _check_modelfile_source(gguf: bool, sharded: bool, merge: Path | None) -> None:
-    """An Ollama Modelfile names one GGUF file: a merged one where the model is sharded."""
-    if not gguf:
-        raise UserError("--modelfile is for GGUF models")
-    if sharded and merge is None:
-        raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
-
-
-def _num_gpu(value: int | str | None, selection: models.Selection) -> int | None:
-    if value is None:
-        # Every layer: the blocks plus the output layer, which ollama counts as one more.
-        layers = selection.model.layers if selection.model else None
-        return layers + 1 if layers else None
-    return None if value == "auto" else int(value)
 
 
 if __name__ == "__main__":

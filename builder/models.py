@@ -21,7 +21,7 @@ from huggingface_hub.utils import validate_repo_id
 from builder.errors import UserError, shown
 
 FORMATS = ("gguf", "safetensors")
-ENGINES = ("llamacpp", "ollama", "ktransformers", "vllm")
+ENGINE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 QUANT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -95,9 +95,20 @@ def _model(name: str, raw: Mapping[str, Any]) -> Model:
         )
     except (KeyError, TypeError) as e:
         raise UserError(f"models.yaml: model {name!r} needs description, repo, include, format and engines ({e})") from None
-    if model.format not in FORMATS or not set(model.engines) <= set(ENGINES) or not valid_repo_id(model.repo):
+    if model.format not in FORMATS or not all(ENGINE_NAME.match(e) for e in model.engines) or not valid_repo_id(model.repo):
         raise UserError(f"models.yaml: model {name!r} has a bad format, engine or repo")
     return model
+
+
+def check_engines(catalog: Catalog, known: Iterable[str]) -> None:
+    """Every engine a model names is one the project runs: `known` comes from the image catalog and the stacks
+    (catalog.engines()), never from a list here, so a new engine folder is known without editing this module. Not
+    checked inside the model-init image, which carries the builder package without images/."""
+    known = set(known)
+    for m in catalog.models.values():
+        unknown = sorted(set(m.engines) - known)
+        if unknown:
+            raise UserError(f"models.yaml: model {m.name!r} names engine {unknown[0]!r}, which no image folder or stack runs (known: {', '.join(sorted(known))})")
 
 
 def valid_repo_id(repo: str) -> bool:

@@ -16,6 +16,12 @@ def repo_root() -> Path:
     return root
 
 
+def find_repo_root() -> Path | None:
+    """The checkout, or None where the builder package runs without one (the model-init image)."""
+    root = Path(os.environ.get("BUILDER_ROOT") or Path(__file__).resolve().parent.parent)
+    return root if (root / "images").is_dir() else None
+
+
 def images_dir() -> Path:
     return repo_root() / "images"
 

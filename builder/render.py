@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jinja2
 
@@ -20,9 +20,11 @@ def _environment(target: Target) -> jinja2.Environment:
     )
 
 
-def context(target: Target, settings: Mapping[str, str]) -> dict[str, str]:
-    """The template's variables: fixed parameters, checked options, the target's name and version."""
-    return {**target.params, **target.resolve(settings), "target": target.name, "version": target.version}
+def context(target: Target, settings: Mapping[str, str]) -> dict[str, Any]:
+    """The template's variables: fixed parameters, checked options, the target's name and version, and the pins
+    (`pin`: this folder's, `pins.<folder>`: any folder's; each with version, source_url, sha256)."""
+    return {**target.params, **target.resolve(settings), "target": target.name, "version": target.version,
+            "pin": target.pin, "pins": target.pins}
 
 
 def render(target: Target, settings: Mapping[str, str] | None = None) -> str:

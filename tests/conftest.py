@@ -112,9 +112,10 @@ def builder_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_init_image(base_image: str, llamacpp_cpu_image: str, builder_wheelhouse: Path) -> str:
-    """The model-init image, with llama-gguf-split from the llama.cpp CPU image the suite builds."""
-    builder("build", "model-init", "--source", str(builder_wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp_cpu_image}",
+def model_init_image(base_image: str, builder_wheelhouse: Path, source_tarball: Path) -> str:
+    """The model-init image: its dependencies from the wheelhouse, llama-gguf-split compiled from the local llama.cpp
+    source (the named source `llamacpp`) instead of the pinned GitHub release."""
+    builder("build", "model-init", "--source", str(builder_wheelhouse), "--source", f"llamacpp={source_tarball}",
             "--build-arg", f"BASE_IMAGE={base_image}", "--tag", MODEL_INIT)
     return MODEL_INIT
 

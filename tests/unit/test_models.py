@@ -39,7 +39,7 @@ def test_r1_gguf_quants(name: str):
 
 def test_fp8_original_is_for_vllm():
     m = CATALOG.get("r1-671b-fp8")
-    assert m.repo == "deepseek-ai/DeepSeek-R1" and m.format == "safetensors" and "vllm" in m.engines
+    assert m.repo == "deepseek-ai/DeepSeek-R1" and m.format == "safetensors"
     assert "*.safetensors" in m.include and "*.json" in m.include
 
 
@@ -50,6 +50,16 @@ def test_default_is_a_small_single_file_distill():
     assert m.format == "gguf" and m.approx_size_gb < 2
     distills = [n for n in CATALOG.models if n.startswith("r1-distill-")]
     assert len(distills) >= 4 and all(CATALOG.get(n).format == "gguf" for n in distills)
+
+
+def test_every_engine_a_model_names_is_one_the_image_catalog_or_a_stack_runs():
+    from builder import catalog
+
+    known = catalog.load().engines(REPO / "stacks")
+    assert {"llamacpp", "ollama"} <= known
+    models.check_engines(CATALOG, known)
+    with pytest.raises(UserError, match="names engine 'exllama'"):
+        models.check_engines(models.load("default: x\nmodels:\n  x: {description: d, repo: a/b, include: ['*'], format: gguf, engines: [exllama]}\n"), known)
 
 
 def test_a_broken_catalog_is_refused():

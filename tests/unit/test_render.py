@@ -32,6 +32,17 @@ def test_renders_and_passes_hadolint(target, settings):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("target", [t for t in CATALOG.targets.values() if t.pin.url], ids=lambda t: t.name)
+def test_a_target_built_from_upstream_source_checks_its_sha256(target):
+    """docker-library style: the tarball is downloaded to a file, checked with sha256sum -c, then unpacked; a build
+    without a pinned sha256 stops before downloading."""
+    text = render(target)
+    fetch = text[text.index("curl "):]
+    assert fetch.index("sha256sum -c") < fetch.index("tar -x")
+    assert "| tar" not in text and "curl -fsSL" in text
+    assert re.search(r'if \[ -z "\$\{\w+_SHA256\}" \]; then', text)
+
+
 def test_llamacpp_cuda_build_flags():
     text = render(CATALOG.get("llamacpp-cuda"), {"blas": "blis", "cuda_architectures": "90;120"})
     assert "ARG CUDA_ARCHITECTURES=90;120" in text
@@ -137,11 +148,14 @@ def test_image_tags(target, settings, tag):
 def test_model_init_image():
     cat = catalog.load()
     target = cat.get("model-init")
-    # llama-gguf-split comes from the llama.cpp image of the pinned version.
-    assert target.params["llamacpp_image"] == f"ghcr.io/r1kit/llamacpp-cpu:{cat.get('llamacpp-cpu').version}"
     assert target.repo_files == ("builder", "pyproject.toml", "README.md") and target.platforms == ("linux/amd64", "linux/arm64")
     text = render(target)
     assert "USER 10001:10001" in text and "umask 0022 && exec builder download" in text
     assert "BUILDER_MODELS_DIR=/models" in text and "HF_HOME=/home/r1kit/.cache/huggingface" in text
-    assert "COPY --from=llamacpp /opt/llama.cpp/bin/llama-gguf-split" in text
+    # llama-gguf-split is built in model-init's own stage from llama.cpp's pin (no image of ours to pull first).
+    llamacpp = cat.pins["llamacpp"]
+    assert f"ARG LLAMACPP_VERSION={llamacpp.version}\n" in text and f"ARG LLAMACPP_SHA256={llamacpp.sha256 or ''}\n" in text
+    assert "cmake --build /tmp/build --target llama-gguf-split" in text and "sha256sum -c" in text
+    assert "COPY --from=gguf-split /opt/llama.cpp/bin/llama-gguf-split" in text and "ghcr.io/r1kit/llamacpp" not in text
+    assert dict(target.extra_sources) == {"llamacpp": "LLAMACPP_SOURCE"}
     assert not re.search(r"HF_TOKEN\w*=", text)  # no token, nor its path, baked into an image layer

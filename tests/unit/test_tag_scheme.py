@@ -53,8 +53,9 @@ def test_cpu_tags(cpu):
 
 
 def test_the_versioned_tag_is_the_engine_version_from_image_yaml(cuda):
-    assert cuda.version == "b10864"  # bump this test with the pin: README and stacks name it
-    assert tags.image_refs(cuda, {})[0] == "ghcr.io/r1kit/llamacpp-cuda:b10864-cu12"
+    # README and the stacks name it too: `builder sync` writes them (tests/unit/test_sync.py).
+    assert cuda.version == cuda.pin.version
+    assert tags.image_refs(cuda, {})[0] == f"ghcr.io/r1kit/llamacpp-cuda:{cuda.version}-cu12"
 
 
 def test_a_release_adds_one_stable_tag(cuda):

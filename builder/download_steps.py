@@ -1,0 +1,110 @@
+"""`builder download` as a sequence: the done check, preflight, fetch, merge, Modelfile and path file.
+
+The steps themselves live in download.py (the Hub, files, merges) and modelfile.py; this module orders them for one
+request, so that the CLI only parses options and prints the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import download as downloads
+from builder import modelfile as modelfiles
+from builder import models
+from builder.errors import UserError
+from builder.paths import check_file, check_folder
+from builder.progress import DownloadProgress, human
+
+
+@dataclass(frozen=True)
+class Request:
+    """`builder download`'s options, as the command line parsed them."""
+
+    model: str | None
+    dest: Path
+    include: tuple[str, ...]
+    revision: str | None
+    dry_run: bool
+    verify: bool
+    merge: Path | None
+    force: bool
+    modelfile: Path | None
+    num_ctx: int
+    num_gpu: int | str | None
+    path_file: Path | None
+    min_free: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the command prints on stdout: the plan (a dry run) or the path the engine loads."""
+
+    lines: tuple[str, ...]
+
+
+def run(o: Request) -> Outcome:
+    selection = models.resolve(o.model or models.load().default, o.include, o.revision)
+    dest, merge, modelfile = o.dest, o.merge, o.modelfile
+    gpu_layers = num_gpu(o.num_gpu, selection)
+    if modelfile and selection.model and selection.model.format != "gguf":
+        raise UserError(f"--modelfile is for GGUF models; {selection.label} is {selection.model.format}")
+    # Every output's folder is checked before the download: a path under a regular file used to fail only after it.
+    check_folder(dest, "--dest", writable=False)  # a finished download in a read-only folder still answers
+    for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
+        if path is not None:
+            check_file(path, flag)
+    progress = DownloadProgress()
+    dest = dest.resolve()
+    if not o.dry_run:
+        downloads.clean_leftovers(dest, selection)
+    engine = None if (o.verify or o.dry_run) else downloads.done(selection, dest)
+    if engine is not None:
+        progress.note(f"{selection.label}: already downloaded and verified in {dest}")
+    else:
+        if not o.dry_run:
+            check_folder(dest, "--dest")
+        token = downloads.read_token()
+        plan = downloads.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
+        if o.dry_run:
+            return Outcome(tuple(downloads.describe(plan)))
+        if modelfile:  # checked before a byte is fetched
+            check_modelfile_source(plan.format == "gguf", len(plan.gguf_files) > 1, merge)
+        for line in downloads.describe(plan):
+            progress.note(line)
+        try:
+            downloads.fetch(plan, token, progress, verify=o.verify)
+        except OSError as e:  # a disk filled by someone else meanwhile
+            raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
+        engine = plan.engine_path
+    if modelfile is not None:  # again for a finished download, which made no plan
+        check_modelfile_source(engine.suffix == ".gguf", bool(downloads.SHARD.match(engine.name)), merge)
+    if merge is not None:
+        if engine.suffix != ".gguf":
+            raise UserError("--merge is for GGUF models")
+        engine = downloads.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
+    if modelfile is not None:
+        template = selection.model.template if selection.model else None
+        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
+        downloads.atomic_write(modelfile.resolve(), text)
+        progress.note(f"wrote {modelfile}")
+    if o.path_file is not None:
+        downloads.atomic_write(o.path_file.resolve(), f"{engine}\n")
+    progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
+    return Outcome((str(engine),))
+
+
+def check_modelfile_source(gguf: bool, sharded: bool, merge: Path | None) -> None:
+    """An Ollama Modelfile names one GGUF file: a merged one where the model is sharded."""
+    if not gguf:
+        raise UserError("--modelfile is for GGUF models")
+    if sharded and merge is None:
+        raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
+
+
+def num_gpu(value: int | str | None, selection: models.Selection) -> int | None:
+    if value is None:
+        # Every layer: the blocks plus the output layer, which ollama counts as one more.
+        layers = selection.model.layers if selection.model else None
+        return layers + 1 if layers else None
+    return None if value == "auto" else int(value)
