@@ -50,11 +50,13 @@ FROM source AS build
 ARG CUDA_ARCHITECTURES=80;86;89;90;100;120
 # portable: every CPU kernel variant, the fastest picked at run time; native: -march=native, this host only.
 ARG CPU_TARGET=portable
+# Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/ci.py JOBS).
+ARG JOBS=
 # build.sh compiles; cpu-variants.c and tiny_gguf.py make what the entrypoint picks the CPU kernels with.
 COPY build.sh cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
 # ccache lives in a BuildKit cache mount: a rebuild after a small change recompiles only what changed.
 RUN --mount=type=cache,id=ccache-llamacpp-cuda,target=/root/.cache/ccache \
-    CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" \
+    CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" JOBS="${JOBS}" \
     CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
     bash /usr/local/share/r1kit-build/build.sh /src/llama.cpp /opt/llama.cpp
 
