@@ -71,6 +71,8 @@ RUN --mount=type=cache,id=apt-cache-cuda,target=/var/cache/apt,sharing=locked \
     && install -d -o llama -g llama /models
 # bin/: the tools and ggml; lib/ggml-cpu/: the CPU kernel variants; share/r1kit/: the CPU probe's model.
 COPY --from=build /opt/llama.cpp /opt/llama.cpp
+# llama.cpp's MIT license and those of the code it bundles (licenses/): what redistributing its binaries requires.
+COPY --from=source /src/llama.cpp/LICENSE /src/llama.cpp/licenses/ /usr/share/licenses/llama.cpp/
 # llama-server after choosing the CPU kernels that run here, reading the model's path from LLAMA_MODEL_PATH_FILE
 # where LLAMA_ARG_MODEL is unset (the stacks).
 COPY entrypoint.sh /usr/local/bin/r1kit-entrypoint
