@@ -128,6 +128,10 @@ def matrix(
                         "artifact_pattern": artifact_pattern(target.name, v.name, v.platforms),
                         "index_artifact": f"index-{target.name}-{v.name}",
                         "annotations": index_annotations(target.description, source),
+                        # Written once: the merge refuses to overwrite one that exists (a re-run of a release).
+                        "immutable_tags": "\n".join(
+                            f"{image}:{t}" for t in tag_names if release or t.startswith("sha-")
+                        ),
                     }
                 )
                 continue

@@ -177,7 +177,7 @@ def download(store: Path, pattern: str, dest: Path) -> list[str]:
     return names
 
 
-def merge(tmp_path: Path, row: dict, store: Path, platforms: dict, path: str) -> subprocess.CompletedProcess:
+def merge(tmp_path: Path, row: dict, store: Path, platforms: dict, path: str, registry: Path | None = None) -> subprocess.CompletedProcess:
     """One merge job: download with its pattern, then its "Create the multi-arch tags" step script."""
     job = workflow()["jobs"]["merge"]
     temp = tmp_path / "merge" / f"{row['target']}-{row['variant']}"
@@ -186,7 +186,7 @@ def merge(tmp_path: Path, row: dict, store: Path, platforms: dict, path: str) ->
     dl = uses(job, "actions/download-artifact")["with"]
     assert dl["merge-multiple"] is True
     download(store, expand(dl["pattern"], ctx), Path(expand(dl["path"], ctx)))
-    registry = tmp_path / "registry.json"
+    registry = registry or tmp_path / "registry.json"
     if not registry.exists():
         registry.write_text(json.dumps({"tags": {}, "blobs": {}, "calls": [], "platforms": platforms}))
     spec = step(job, "index")
@@ -240,6 +240,19 @@ def test_a_whole_run_publishes_exactly_builder_tags_per_variant(tmp_path: Path, 
     else:
         assert "ghcr.io/r1kit/model-init:0.1.0" not in tags_written, "main never writes a release's version tag"
         assert ("ghcr.io/r1kit/model-init:sha-0123456789ab" in tags_written) == (event == "push")
+
+
+def test_a_release_or_commit_tag_is_never_overwritten(tmp_path: Path, fake_path: str):
+    """Defect 5: "immutable" tags stay so even when a release run (or a push run) is re-run."""
+    run = plan(tmp_path, "push", "refs/tags/v0.1.0")
+    store, platforms = build_artifacts(tmp_path, run["build"])
+    row = next(r for r in run["merge"] if r["target"] == "model-init")
+    assert row["immutable_tags"] == "ghcr.io/r1kit/model-init:0.1.0"
+    assert merge(tmp_path, row, store, platforms, fake_path).returncode == 0
+    again = merge(tmp_path / "rerun", row, store, platforms, fake_path, registry=tmp_path / "registry.json")
+    assert again.returncode != 0 and "exists already" in again.stdout
+    main = plan(tmp_path / "main", "push", "refs/heads/main")["merge"]
+    assert next(r for r in main if r["target"] == "model-init")["immutable_tags"] == "ghcr.io/r1kit/model-init:sha-0123456789ab"
 
 
 def test_every_merge_pattern_collects_exactly_its_variants_platforms(tmp_path: Path):
