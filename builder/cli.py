@@ -135,7 +135,7 @@ def option_flags(f):
 
 
 def release_flag(f):
-    return click.option("--release", help="This project's release (v0.2.0) for the stable <version>-r1kit<release> tag.")(f)
+    return click.option("--release", help="This project's release (v0.2.0): only its immutable tags (<version>-r1kit<release>; model-init: the release).")(f)
 
 
 @click.group(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -279,11 +279,12 @@ def build(
 @option_flags
 @click.option("--registry", help="Registry and owner (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
 @release_flag
+@click.option("--sha", help="The commit of a push to main: adds its sha-<commit> tag.")
 @click.pass_context
-def tags(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None) -> None:
+def tags(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None, sha: str | None) -> None:
     """Print the image references `builder build` and the images workflow tag TARGET with, one a line."""
     t = catalog.load().get(target)
-    click.echo("\n".join(tagging.image_refs(t, _settings(t, variant, sets, ctx.args), registry, release)))
+    click.echo("\n".join(tagging.image_refs(t, _settings(t, variant, sets, ctx.args), registry, release, sha)))
 
 
 @main.command("sync")
@@ -334,9 +335,47 @@ def upstreams() -> None:
 @click.option("--job", type=click.Choice(["build", "merge"]), required=True, help="build: one entry per variant and platform; merge: per variant.")
 @click.option("--registry", help="Registry and owner (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
 @release_flag
-def matrix(job: str, registry: str | None, release: str | None) -> None:
+@click.option("--sha", help="The commit a push to main builds: adds its immutable sha-<commit> tags.")
+@click.option("--source", default="", help="The repository's URL, for the index's org.opencontainers.image.source annotation.")
+def matrix(job: str, registry: str | None, release: str | None, sha: str | None, source: str) -> None:
     """Print the images workflow's matrix include list for JOB as one line of JSON."""
-    click.echo(json.dumps(ci.matrix(catalog.load(), job, registry, release), separators=(",", ":")))
+    click.echo(json.dumps(ci.matrix(catalog.load(), job, registry, release, sha, source), separators=(",", ":")))
+
+
+@main.command("publish-gate")
+@click.option("--event", required=True, help="github.event_name")
+@click.option("--ref", required=True, help="github.ref (refs/heads/main, refs/tags/v0.2.0, ...)")
+@click.option("--sha", default="", help="github.sha")
+@click.option("--main-head", default="", help="main's head commit now: a run of an older main commit publishes nothing.")
+def publish_gate(event: str, ref: str, sha: str, main_head: str) -> None:
+    """Print publish=, release=, sha=, reason= lines (for $GITHUB_OUTPUT): only main and release tags publish."""
+    click.echo("\n".join(ci.publish_gate(event, ref, sha, main_head).lines()))
+
+
+def _platforms(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--image", required=True, help="The image the digests belong to (registry/owner/target).")
+@click.option("--platforms", required=True, help="The variant's platforms, comma-separated (the merge matrix's `platforms`).")
+def digests(folder: Path, image: str, platforms: str) -> None:
+    """Print IMAGE@sha256:... for each digest file in FOLDER: exactly one per platform, or fail."""
+    click.echo("\n".join(ci.digest_refs(folder, image, _platforms(platforms))))
+
+
+@main.command("check-index")
+@click.argument("index", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--platforms", required=True, help="The platforms the index must hold, comma-separated.")
+@click.option("--digest", "digest_refs", multiple=True, help="IMAGE@sha256:... the builds pushed (each must be in the index).")
+@click.option("--annotation", "annotations", multiple=True, help="index:KEY=VALUE the index must carry.")
+def check_index(index: Path, platforms: str, digest_refs: tuple[str, ...], annotations: tuple[str, ...]) -> None:
+    """Check a pushed index (`docker buildx imagetools inspect --raw`) against the variant's platforms and digests."""
+    problems = ci.check_index(ci.load_index(index), _platforms(platforms), tuple(d.split("@", 1)[-1] for d in digest_refs), annotations)
+    if problems:
+        raise UserError(f"{index}: " + "; ".join(problems))
+    click.echo(f"{index}: {platforms}", err=True)
 
 
 @main.command("models")

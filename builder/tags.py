@@ -5,7 +5,11 @@
   b10864-cu12-blis. It moves only when the image is rebuilt (the weekly rebuild picks up base-image fixes);
 - a moving alias without the engine version, the variant alone (cu12-blis), where the variant has a name;
 - `latest`, for the target's default variant only;
-- on a release of this project (git tag vX.Y.Z), <versioned tag>-r1kit<X.Y.Z>, which no later build reuses.
+- with a commit (`--sha`: pushes to main), sha-<12 hex of the commit>[-<variant>], which no later build reuses.
+A release of this project (git tag vX.Y.Z) publishes only tags that no other run writes: <versioned tag>-r1kit<X.Y.Z>
+for an engine's image, and X.Y.Z itself for an image of this project's own code (model-init: no `engine:`, its
+version is r1kit's). Such an image's versioned tag is that release tag, never written from main, so the stacks can
+pin it; a release run moves nothing (no alias, no `latest`): a release of an older commit never moves them back.
 $BUILDER_REGISTRY overrides the registry (default ghcr.io/r1kit).
 """
 
@@ -23,6 +27,8 @@ from builder.render import image_tag
 DEFAULT_REGISTRY = "ghcr.io/r1kit"
 DEFAULT_VARIANT = "default"  # the name of a variant whose versioned tag is the bare engine version
 RELEASE = re.compile(r"^v?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?)$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SHA_LENGTH = 12  # of the commit in sha-<commit> tags: unambiguous in any repository this size
 
 
 def registry(override: str | None = None) -> str:
@@ -48,23 +54,52 @@ def variant_name(target: Target, settings: Mapping[str, str]) -> str:
     return tag[len(target.version):].lstrip("-") or DEFAULT_VARIANT
 
 
-def tags(target: Target, settings: Mapping[str, str], release: str | None = None) -> list[str]:
-    """Every tag of this variant, the versioned one first."""
+def is_project_versioned(target: Target) -> bool:
+    """An image of this project's own code (model-init): no engine, so its version is r1kit's release."""
+    return target.engine is None and target.pin.upstream_repo is None
+
+
+def commit(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not COMMIT.match(value):
+        raise UserError(f"commit {shown(value)} is not a full 40-hex git commit id")
+    return value
+
+
+def tags(target: Target, settings: Mapping[str, str], release: str | None = None, sha: str | None = None) -> list[str]:
+    """Every tag a run writes for this variant: a release's immutable tags only; else the moving ones (the
+    versioned one first), and the commit's own tag where a commit is given."""
     versioned = image_tag(target, settings)
-    out = [versioned]
     name = variant_name(target, settings)
+    version = release_version(release)
+    if version:
+        if sha:
+            raise UserError("a release publishes no per-commit tag: give --release or --sha, not both")
+        if not is_project_versioned(target):
+            return [f"{versioned}-r1kit{version}"]
+        if target.version != version:
+            raise UserError(
+                f"release {shown(release)} but {target.name}'s version is {target.version} (pyproject.toml and "
+                f"{target.folder.name}/image.yaml): bump it before tagging the release"
+            )
+        return [versioned]
+    # An image of this project's code gets its versioned tag from a release only (see the module's docstring).
+    out = [] if is_project_versioned(target) else [versioned]
     if name != DEFAULT_VARIANT:
         out.append(name)
     if target.resolve(settings) == target.resolve({}):
         out.append("latest")
-    version = release_version(release)
-    if version:
-        out.append(f"{versioned}-r1kit{version}")
+    full = commit(sha)
+    if full:
+        out.append(f"sha-{full[:SHA_LENGTH]}" + ("" if name == DEFAULT_VARIANT else f"-{name}"))
     return out
 
 
-def image_refs(target: Target, settings: Mapping[str, str], registry_override: str | None = None, release: str | None = None) -> list[str]:
-    return [f"{registry(registry_override)}/{target.name}:{tag}" for tag in tags(target, settings, release)]
+def image_refs(
+    target: Target, settings: Mapping[str, str], registry_override: str | None = None, release: str | None = None, sha: str | None = None
+) -> list[str]:
+    return [f"{registry(registry_override)}/{target.name}:{tag}" for tag in tags(target, settings, release, sha)]
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,13 @@ FROM source AS build
 ARG CUDA_ARCHITECTURES=80;86;89;90;100;120
 # portable: every CPU kernel variant, the fastest picked at run time; native: -march=native, this host only.
 ARG CPU_TARGET=portable
+# Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/ci.py JOBS).
+ARG JOBS=
 # build.sh compiles; cpu-variants.c and tiny_gguf.py make what the entrypoint picks the CPU kernels with.
 COPY build.sh cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
 # ccache lives in a BuildKit cache mount: a rebuild after a small change recompiles only what changed.
 RUN --mount=type=cache,id=ccache-llamacpp-cuda,target=/root/.cache/ccache \
-    CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" \
+    CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" JOBS="${JOBS}" \
     CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
     bash /usr/local/share/r1kit-build/build.sh /src/llama.cpp /opt/llama.cpp
 
@@ -71,6 +73,8 @@ RUN --mount=type=cache,id=apt-cache-cuda,target=/var/cache/apt,sharing=locked \
     && find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 # bin/: the tools and ggml; lib/ggml-cpu/: the CPU kernel variants; share/r1kit/: the CPU probe's model.
 COPY --from=build /opt/llama.cpp /opt/llama.cpp
+# llama.cpp's MIT license and those of the code it bundles (licenses/): what redistributing its binaries requires.
+COPY --from=source /src/llama.cpp/LICENSE /src/llama.cpp/licenses/ /usr/share/licenses/llama.cpp/
 # llama-server after choosing the CPU kernels that run here, reading the model's path from LLAMA_MODEL_PATH_FILE
 # where LLAMA_ARG_MODEL is unset (the stacks).
 COPY entrypoint.sh /usr/local/bin/r1kit-entrypoint

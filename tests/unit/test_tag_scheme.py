@@ -58,10 +58,32 @@ def test_the_versioned_tag_is_the_engine_version_from_image_yaml(cuda):
     assert tags.image_refs(cuda, {})[0] == f"ghcr.io/r1kit/llamacpp-cuda:{cuda.version}-cu12"
 
 
-def test_a_release_adds_one_stable_tag(cuda):
-    assert tags.tags(cuda, {"blas": "blis"}, "v0.2.0") == [f"{cuda.version}-cu12-blis", "cu12-blis", f"{cuda.version}-cu12-blis-r1kit0.2.0"]
-    assert tags.tags(cuda, {}, "1.0.0-rc.1")[-1] == f"{cuda.version}-cu12-r1kit1.0.0-rc.1"
+def test_a_release_writes_only_its_own_immutable_tag(cuda):
+    # No alias and no `latest`: a release of an older commit must not move them back.
+    assert tags.tags(cuda, {"blas": "blis"}, "v0.2.0") == [f"{cuda.version}-cu12-blis-r1kit0.2.0"]
+    assert tags.tags(cuda, {}, "1.0.0-rc.1") == [f"{cuda.version}-cu12-r1kit1.0.0-rc.1"]
     assert tags.tags(cuda, {}, "") == tags.tags(cuda, {})
+
+
+def test_model_init_gets_its_version_tag_from_the_release_only():
+    """Defect 5: model-init:0.1.0 was rewritten by every push to main that touched builder/."""
+    init = catalog.load().get("model-init")
+    assert tags.tags(init, {}) == ["latest"], "main must not write the release's version tag"
+    assert tags.is_project_versioned(init)
+    assert tags.tags(init, {}, sha="0123456789abcdef0123456789abcdef01234567") == ["latest", "sha-0123456789ab"]
+    assert tags.tags(init, {}, f"v{init.version}") == [init.version]
+    with pytest.raises(UserError, match="bump it before tagging"):
+        tags.tags(init, {}, "v9.9.9")
+
+
+def test_main_adds_an_immutable_per_commit_tag(cuda, cpu):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert tags.tags(cuda, {"blas": "blis"}, sha=sha) == [f"{cuda.version}-cu12-blis", "cu12-blis", "sha-0123456789ab-cu12-blis"]
+    assert tags.tags(cpu, {}, sha=sha) == [cpu.version, "latest", "sha-0123456789ab"]
+    with pytest.raises(UserError, match="40-hex"):
+        tags.tags(cpu, {}, sha="0123456")
+    with pytest.raises(UserError, match="not both"):
+        tags.tags(cpu, {}, "v0.1.0", sha)
 
 
 @pytest.mark.parametrize("bad", ["main", "v1.2", "refs/tags/v1.2.3", "v1.2.3+build"])
@@ -144,10 +166,12 @@ def test_a_tag_template_must_start_with_the_version(tmp_path: Path):
 
 
 def test_builder_tags_prints_every_reference(cuda):
-    result = builder("tags", "llamacpp-cuda", "--variant", "cu13", "--blas", "blis", "--release", "v0.3.1", "--registry", "ghcr.io/me")
+    result = builder("tags", "llamacpp-cuda", "--variant", "cu13", "--blas", "blis", "--registry", "ghcr.io/me")
     assert result.returncode == 0, result.stderr
     v = cuda.version
-    assert result.stdout.split() == [f"ghcr.io/me/llamacpp-cuda:{v}-cu13-blis", "ghcr.io/me/llamacpp-cuda:cu13-blis", f"ghcr.io/me/llamacpp-cuda:{v}-cu13-blis-r1kit0.3.1"]
+    assert result.stdout.split() == [f"ghcr.io/me/llamacpp-cuda:{v}-cu13-blis", "ghcr.io/me/llamacpp-cuda:cu13-blis"]
+    release = builder("tags", "llamacpp-cuda", "--variant", "cu13-blis", "--release", "v0.3.1", "--registry", "ghcr.io/me")
+    assert release.stdout.split() == [f"ghcr.io/me/llamacpp-cuda:{v}-cu13-blis-r1kit0.3.1"]
 
 
 def test_builder_tags_refuses_an_unknown_variant():

@@ -159,7 +159,9 @@ def test_images_workflow_grants_write_only_where_it_pushes_or_signs():
     jobs = load(IMAGES)["jobs"]
     assert jobs["plan"]["permissions"] == {"contents": "read"}
     assert jobs["build"]["permissions"] == {"contents": "read", "packages": "write"}
-    assert jobs["merge"]["permissions"] == {"contents": "read", "packages": "write", "id-token": "write", "security-events": "write"}
+    assert jobs["merge"]["permissions"] == {"contents": "read", "packages": "write", "id-token": "write", "attestations": "write"}
+    assert jobs["verify"]["permissions"] == {"contents": "read", "packages": "read"}
+    assert jobs["scan"]["permissions"] == {"contents": "read", "packages": "read", "security-events": "write"}
 
 
 def test_test_workflow_runs_the_readme_test_command():
@@ -185,11 +187,16 @@ def test_plan_job_takes_both_matrices_from_builder_matrix():
     spec = load(IMAGES)
     plan = spec["jobs"]["plan"]
     script = step(plan, "matrix")["run"]
+    assert 'gate=$(builder publish-gate --event "$EVENT" --ref "$REF" --sha "$SHA")\n' in script
     for job in ("build", "merge"):
-        assert f'{job}=$(builder matrix --job {job} --registry "$REGISTRY" --release "$RELEASE")\n' in script
+        assert f'{job}=$(builder matrix --job {job} --registry "$REGISTRY" --release "$release" --sha "$sha" --source "$SOURCE")\n' in script
         assert f'echo "{job}=${job}" >> "$GITHUB_OUTPUT"' in script
-    assert step(plan, "matrix")["env"]["RELEASE"] == "${{ github.ref_type == 'tag' && github.ref_name || '' }}"
-    assert plan["outputs"] == {"build": "${{ steps.matrix.outputs.build }}", "merge": "${{ steps.matrix.outputs.merge }}"}
+    assert step(plan, "matrix")["env"]["REF"] == "${{ github.ref }}"
+    assert plan["outputs"] == {
+        "publish": "${{ steps.matrix.outputs.publish }}",
+        "build": "${{ steps.matrix.outputs.build }}",
+        "merge": "${{ steps.matrix.outputs.merge }}",
+    }
     assert spec["jobs"]["build"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.build) }}"}
     assert spec["jobs"]["merge"]["strategy"]["matrix"] == {"include": "${{ fromJSON(needs.plan.outputs.merge) }}"}
 
@@ -235,6 +242,7 @@ def test_build_matrix_uses_native_runners_and_per_platform_caches():
         assert row["runner"] == {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}[row["platform"]]
         assert row["cache"] == f"ghcr.io/r1kit/{row['target']}:buildcache-{row['variant']}-{row['arch']}"
         assert row["artifact"] == f"digest-{row['target']}-{row['variant']}-{row['arch']}"
+        assert row["jobs"] == 4
 
 
 def test_the_shipped_variants():
@@ -268,11 +276,16 @@ def test_a_new_image_folder_joins_the_matrix_with_no_workflow_edit(tmp_path: Pat
     assert any(r["target"] == "toy-cpu" and "type=raw,value=latest" in r["metadata_tags"] for r in matrix("merge", env=env))
 
 
+def cuda_version() -> str:
+    return next(t["version"] for t in targets() if t["name"] == "llamacpp-cuda")
+
+
 def test_release_tags_reach_the_matrix():
-    rows = matrix("merge", "--release", "v0.2.0")
+    rows = matrix("merge", "--release", "v0.1.0")
     cuda = next(r for r in rows if r["target"] == "llamacpp-cuda" and r["variant"] == "cu12")
-    assert cuda["metadata_tags"].splitlines()[-1].startswith("type=raw,value=b")
-    assert cuda["metadata_tags"].splitlines()[-1].endswith("-cu12-r1kit0.2.0")
+    assert cuda["metadata_tags"].splitlines() == [f"type=raw,value={cuda_version()}-cu12-r1kit0.1.0"]
+    init = next(r for r in rows if r["target"] == "model-init")
+    assert init["tags"].splitlines() == ["ghcr.io/r1kit/model-init:0.1.0"]
 
 
 def test_build_job_builds_the_staged_context_of_its_matrix_entry():
@@ -285,9 +298,9 @@ def test_build_job_builds_the_staged_context_of_its_matrix_entry():
     assert push["context"] == "${{ runner.temp }}/context"
     assert push["platforms"] == "${{ matrix.platform }}"
     assert push["provenance"] == "mode=max" and push["sbom"] is True
-    assert push["outputs"] == "type=image,push-by-digest=true,name-canonical=true,push=${{ github.event_name != 'pull_request' }}"
+    assert push["outputs"] == "type=image,push-by-digest=true,name-canonical=true,push=${{ needs.plan.outputs.publish == 'true' }}"
     assert push["cache-from"] == "type=registry,ref=${{ matrix.cache }}"
-    assert "mode=max" in push["cache-to"] and "pull_request" in push["cache-to"]
+    assert "mode=max" in push["cache-to"] and "needs.plan.outputs.publish" in push["cache-to"]
     assert "setup-qemu" not in IMAGES.read_text()
     free = step(build, "Free disk space")
     assert build["steps"].index(free) == 0 and "/usr/share/dotnet" in free["run"]
@@ -297,18 +310,22 @@ def test_pull_requests_neither_log_in_nor_push_nor_merge():
     spec = load(IMAGES)
     assert "pull_request" in spec[True]  # PyYAML reads the `on:` key as True
     for name in ("Log in to GHCR", "Export the digest", "Upload the digest"):
-        assert step(spec["jobs"]["build"], name)["if"] == "github.event_name != 'pull_request'"
-    assert spec["jobs"]["merge"]["if"] == "github.event_name != 'pull_request'"
+        assert step(spec["jobs"]["build"], name)["if"] == "needs.plan.outputs.publish == 'true'"
+    assert "needs.plan.outputs.publish == 'true'" in spec["jobs"]["merge"]["if"]
+    # The gate: a pull request never publishes (tests/unit/test_publish_run.py has every case).
+    gate = builder("publish-gate", "--event", "pull_request", "--ref", "refs/heads/main")
+    assert "publish=false" in gate.stdout.splitlines()
 
 
 def test_merge_job_tags_signs_and_scans_the_pushed_digest():
     merge = load(IMAGES)["jobs"]["merge"]
     assert uses(merge, "actions/download-artifact")["with"]["pattern"] == "${{ matrix.artifact_pattern }}"
     assert "docker buildx imagetools create" in step(merge, "index")["run"]
-    assert uses(merge, "docker/metadata-action")["with"]["tags"] == "${{ matrix.metadata_tags }}"
-    assert step(merge, "Sign the digest (keyless)")["run"] == 'cosign sign --yes "$IMAGE@$DIGEST"'
-    assert uses(merge, "aquasecurity/trivy-action")["with"]["image-ref"] == "${{ matrix.image }}@${{ steps.index.outputs.digest }}"
-    assert uses(merge, "github/codeql-action/upload-sarif")
+    assert step(merge, "index")["env"]["TAGS"] == "${{ matrix.tags }}"
+    assert step(merge, "Sign the index and every platform's manifest (keyless)")["run"] == 'cosign sign --yes --recursive "$IMAGE@$DIGEST"'
+    scan = load(IMAGES)["jobs"]["scan"]
+    assert uses(scan, "aquasecurity/trivy-action")["with"]["image-ref"] == "${{ steps.ref.outputs.ref }}"
+    assert uses(scan, "github/codeql-action/upload-sarif")
 
 
 def test_schedule_and_releases_rebuild():
@@ -325,14 +342,19 @@ def test_plan_step_script_writes_both_matrices_for_a_release(tmp_path: Path):
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "REGISTRY": "ghcr.io/R1kit",
-        "RELEASE": "v1.2.3",
+        "SOURCE": "https://github.com/R1kit/r1kit",
+        "EVENT": "push",
+        "REF": "refs/tags/v0.1.0",
+        "SHA": "0" * 40,
         "GITHUB_OUTPUT": str(output),
     }
     result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
-    assert json.loads(outputs["build"]) == matrix("build", "--release", "v1.2.3")
-    assert json.loads(outputs["merge"]) == matrix("merge", "--release", "v1.2.3")
+    assert outputs["publish"] == "true" and outputs["release"] == "v0.1.0"
+    source = ("--source", "https://github.com/R1kit/r1kit")
+    assert json.loads(outputs["build"]) == matrix("build", "--release", "v0.1.0", *source)
+    assert json.loads(outputs["merge"]) == matrix("merge", "--release", "v0.1.0", *source)
 
 
 def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
@@ -344,7 +366,10 @@ def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "REGISTRY": "ghcr.io/r1kit",
-        "RELEASE": "",
+        "SOURCE": "",
+        "EVENT": "pull_request",
+        "REF": "refs/pull/1/merge",
+        "SHA": "0" * 40,
         "GITHUB_OUTPUT": str(tmp_path / "github_output"),
         "BUILDER_ROOT": str(tmp_path),
     }
