@@ -413,7 +413,7 @@ VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?([-?+])((?:[^${}]|\$\{[^}]*\})*))?\
 def stack_variables() -> dict[str, set[str]]:
     """Every ${VAR...} in the stack files, with the plain defaults each is given."""
     out: dict[str, set[str]] = {}
-    for f in STACKS.glob("*.yml"):
+    for f in STACKS.rglob("*.yml"):
         for m in VAR.finditer(f.read_text()):
             out.setdefault(m.group(1), set())
             # `${VAR:+word}` (the secrets' source names) gives word where VAR is set: no default.
@@ -510,3 +510,21 @@ def test_secrets_init_lets_a_user_set_key_win(tmp_path: Path):
     (given / "llamacpp_api_key").write_text("")
     secrets_init(keys, given, "llamacpp_api_key")
     assert (keys / "llamacpp_api_key").read_text() == "users-own-key"
+
+
+SHARED = ("model-init", "secrets-init", "open-webui")
+
+
+@pytest.mark.parametrize("stack", sorted(p.name for p in STACKS.glob("*-webui.yml")))
+def test_the_shared_services_are_written_once(stack: str):
+    """Each stack takes model-init, secrets-init, Open WebUI and the GPU reservation from stacks/shared/services.yml
+    and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what is its own."""
+    text = yaml.safe_load((STACKS / stack).read_text())
+    assert text["include"] == ["shared/resources.yml"]
+    for name in SHARED:
+        service = text["services"][name]
+        assert service["extends"] == {"file": "shared/services.yml", "service": name}, name
+        assert not {"image", "build", "cap_drop", "security_opt", "volumes"} & set(service), f"{name} repeats a shared part"
+    engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") == "gpus"]
+    assert len(engines) == 1 and "deploy" not in text["services"][engines[0]]
+    assert not {"configs", "secrets"} & set(text) and set(text.get("volumes") or {}).isdisjoint({"models", "keys", "open-webui"})
