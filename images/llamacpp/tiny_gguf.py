@@ -69,17 +69,9 @@ def write_tiny_model(
     dtype = np.float16 if f16 else np.float32
     tokens, scores, types = vocabulary(n_vocab)
     n_vocab = len(tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
-    w.add_name("tiny-test-llama")
-    w.add_context_length(512)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv or n_head)
+    w = _writer(path, "llama", split_max_tensors, n_ctx=512, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head,
+                n_head_kv=n_head_kv or n_head, rms_eps=1e-5)
     w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(FILE_TYPES[quant] if quant else gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     _add_vocabulary(w, tokens, scores, types)
 
@@ -102,6 +94,22 @@ def write_tiny_model(
         tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
     return _finish(w, path, split_max_tensors)
+
+
+def _writer(path: Path, arch: str, split_max_tensors: int, *, n_ctx: int, n_embd: int, n_layer: int, n_ff: int,
+            n_head: int, n_head_kv: int, rms_eps: float) -> gguf.GGUFWriter:
+    """A writer for `arch` with the keys every architecture here has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
+    w.add_name(f"tiny-test-{arch}")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(rms_eps)
+    return w
 
 
 def _add_vocabulary(w: gguf.GGUFWriter, tokens: list[bytes], scores: list[float], types: list[int]) -> None:
@@ -171,16 +179,9 @@ def write_tiny_deepseek2(
     tokens, scores, types = vocabulary(n_vocab)
     n_vocab = len(tokens)
     k_mla = qk_nope_dim + qk_rope_dim
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "deepseek2", split_max_tensors=split_max_tensors)
-    w.add_name("tiny-test-deepseek2")
-    w.add_context_length(1024)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(1)  # MLA: one latent KV "head" shared by all heads
-    w.add_layer_norm_rms_eps(1e-6)
+    # MLA: one latent KV "head" shared by all heads.
+    w = _writer(path, "deepseek2", split_max_tensors, n_ctx=1024, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head,
+                n_head_kv=1, rms_eps=1e-6)
     w.add_leading_dense_block_count(n_dense_lead)
     w.add_vocab_size(n_vocab)
     w.add_q_lora_rank(q_lora_rank)
