@@ -12,7 +12,8 @@ from typing import Any
 import click
 
 from builder import build as builds
-from builder import catalog, ci, docker, download_steps, models, sync
+from builder import catalog, ci, docker, download_steps, envfile, hardware, models, shapes, sync
+from builder import plan as planning
 from builder import download as downloads
 from builder import tags as tagging
 from builder.catalog import Target
@@ -422,6 +423,46 @@ def download(**options: Any) -> None:
             click.echo("\n".join(download_steps.run(download_steps.Request(**options)).lines))
         except Stopped as e:
             raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
+
+
+@main.command("plan")
+@click.argument("model", required=False)
+@click.option("--engine", help="llamacpp, ollama or vllm (default: the best the model allows).")
+@click.option("--ctx", "context", type=click.IntRange(256, NUM_CTX_MAX), help="Context length in tokens (default 8192).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--write", type=click.Path(dir_okay=False, path_type=Path), metavar="ENV_FILE", help="Set the plan's variables in a stack's .env file (e.g. stacks/.env), keeping its other lines.")
+@click.option("--gpus", help="Describe the GPUs instead of detecting them: 4xRTX4090, 2x80 (GiB each), 24,24, or none.")
+@click.option("--ram", "ram_gib", type=click.FloatRange(1, 1 << 20), help="RAM the engine may use, in GiB (default: this machine's available).")
+@click.option("--cores", type=click.IntRange(1, 4096), help="Physical CPU cores (default: this machine's).")
+@click.option("--numa", type=click.IntRange(1, 64), help="NUMA nodes (default: this machine's).")
+@click.option("--cpu", help="The best of the CPU's vector extensions: amx, avx512, avx2 or baseline (default: this machine's).")
+@click.option("--ram-bandwidth", type=click.FloatRange(1, 100000), help="Memory bandwidth in GB/s, for the speed estimate (default: a guess from the cores).")
+@click.option("--nodes", type=click.IntRange(1, 1024), default=1, show_default=True, help="Identical machines (vLLM across nodes).")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default="models", show_default=True, envvar="BUILDER_MODELS_DIR", help="Where models go (its free space is checked).")
+def plan_command(model: str | None, engine: str | None, context: int | None, as_json: bool, write: Path | None, dest: Path, **machine: Any) -> None:
+    """The best model, engine and settings for this machine (or one the flags describe). MODEL is a catalog name
+    or a downloaded .gguf (its header gives the exact sizes); without it, the best DeepSeek-R1 variant that fits."""
+    box = hardware.describe(**machine, models_dir=dest)
+    cat = models.load()
+    passed: list[str] = []
+    if model is None:
+        chosen, passed = planning.recommend(cat, box, engine, context)
+    elif model.endswith(".gguf") or "/" in model:
+        # A file, not a catalog name: the stack's MODEL stays as it is.
+        chosen = planning.plan_model(Path(model).name, shapes.from_gguf(Path(model)), box, engine or "llamacpp", context, catalog_name=False)
+    else:
+        entry = cat.get(model)
+        engines = planning.engines_for(entry, engine)
+        if not engines:
+            raise UserError(f"{model}: the planner knows none of its engines ({', '.join(entry.engines) or 'none yet'})")
+        chosen = planning.plan_model(model, planning.shape_for(entry, cat.architectures), box, engines[0], context)
+    click.echo(json.dumps({**chosen.as_json(), "passed_over": passed}, indent=2) if as_json else planning.report(chosen, box, passed))
+    if write is not None:
+        changes = envfile.update(write, chosen.settings)
+        for key, old, new in changes:
+            click.echo(f"{write}: {key}={new}" + (f" (was {old!r})" if old is not None else " (added)"), err=True)
+        if not changes:
+            click.echo(f"{write}: already up to date", err=True)
 
 
 if __name__ == "__main__":

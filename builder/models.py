@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -41,12 +41,15 @@ class Model:
     dense_layers: int | None = None
     template: str | None = None  # the Modelfile's chat template family (gguf only)
     revision: str = "main"
+    arch: str | None = None  # a key of the catalog's architectures: what `builder plan` estimates from
+    recommend: bool = True  # whether `builder plan` may pick it unasked (not BF16, kept for quantizing)
 
 
 @dataclass(frozen=True)
 class Catalog:
     models: Mapping[str, Model]
     default: str
+    architectures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, name: str) -> Model:
         try:
@@ -92,6 +95,8 @@ def _model(name: str, raw: Mapping[str, Any]) -> Model:
             dense_layers=raw.get("dense_layers"),
             template=raw.get("template"),
             revision=str(raw.get("revision", "main")),
+            arch=raw.get("arch"),
+            recommend=bool(raw.get("recommend", True)),
         )
     except (KeyError, TypeError) as e:
         raise UserError(f"models.yaml: model {name!r} needs description, repo, include, format and engines ({e})") from None
@@ -129,7 +134,11 @@ def load(text: str | None = None) -> Catalog:
     models = {name: _model(name, spec) for name, spec in raw["models"].items()}
     if raw["default"] not in models:
         raise UserError(f"models.yaml: the default {raw['default']!r} is not in the catalog")
-    return Catalog(MappingProxyType(models), raw["default"])
+    arches = raw.get("architectures", {})
+    for m in models.values():
+        if m.arch is not None and m.arch not in arches:
+            raise UserError(f"models.yaml: model {m.name!r} names architecture {m.arch!r}, which is not under architectures")
+    return Catalog(MappingProxyType(models), raw["default"], MappingProxyType(arches))
 
 
 def resolve(spec: str, include: Iterable[str] = (), revision: str | None = None, catalog: Catalog | None = None) -> Selection:

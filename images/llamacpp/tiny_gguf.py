@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import gguf
 import numpy as np
@@ -147,93 +148,115 @@ def _weight_writer(w: gguf.GGUFWriter, rng: np.random.Generator, quant: str) -> 
     return add
 
 
-def write_tiny_deepseek2(
-    path: Path,
-    *,
-    n_embd: int = 256,
-    n_layer: int = 2,
-    n_dense_lead: int = 1,
-    n_head: int = 4,
-    q_lora_rank: int = 64,
-    kv_lora_rank: int = 64,
-    qk_rope_dim: int = 32,
-    qk_nope_dim: int = 32,
-    v_head_dim: int = 32,
-    n_ff: int = 512,
-    n_ff_exp: int = 256,
-    n_expert: int = 8,
-    n_expert_used: int = 2,
-    n_expert_shared: int = 1,
-    n_vocab: int = 0,
-    quant: str = "f32",
-    seed: int = 0,
-    split_max_tensors: int = 0,
-) -> Path:
-    """A `deepseek2` GGUF laid out as llama.cpp's converter writes DeepSeek-R1 (MLA with the split k_b/v_b
-    tensors, `n_dense_lead` dense blocks, then MoE blocks with sigmoid gating, a routing bias and shared experts).
-    R1 itself: n_embd 7168, 61 layers (3 dense), 128 heads, q_lora 1536, kv_lora 512, rope 64, nope 128, v 128,
-    n_ff 18432, n_ff_exp 2048, 256 experts (8 used, 1 shared). The defaults make a 2 MB model whose widths are
-    multiples of 256, so that every quantized matrix multiplication can take the CPU's AMX and repacked paths.
-    `quant` is one of QUANTS; k-quants come from llama-quantize."""
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True)
+class Deepseek2:
+    """The widths of a `deepseek2` model. R1 itself: n_embd 7168, 61 layers (3 dense), 128 heads, q_lora 1536,
+    kv_lora 512, rope 64, nope 128, v 128, n_ff 18432, n_ff_exp 2048, 256 experts (8 used, 1 shared), vocabulary
+    129280. The defaults make a 2 MB model whose widths are multiples of 256, so that every quantized matrix
+    multiplication can take the CPU's AMX and repacked paths."""
+
+    n_embd: int = 256
+    n_layer: int = 2
+    n_dense_lead: int = 1
+    n_head: int = 4
+    q_lora_rank: int = 64
+    kv_lora_rank: int = 64
+    qk_rope_dim: int = 32
+    qk_nope_dim: int = 32
+    v_head_dim: int = 32
+    n_ff: int = 512
+    n_ff_exp: int = 256
+    n_expert: int = 8
+    n_expert_used: int = 2
+    n_expert_shared: int = 1
+    n_ctx: int = 1024
+
+
+R1 = Deepseek2(n_embd=7168, n_layer=61, n_dense_lead=3, n_head=128, q_lora_rank=1536, kv_lora_rank=512, qk_rope_dim=64,
+               qk_nope_dim=128, v_head_dim=128, n_ff=18432, n_ff_exp=2048, n_expert=256, n_expert_used=8, n_ctx=163840)
+
+
+def deepseek2_writer(path: Path, d: Deepseek2, n_vocab: int, file_type: int, split_max_tensors: int = 0) -> gguf.GGUFWriter:
+    """A writer with a `deepseek2` header, as llama.cpp's converter writes DeepSeek-R1's, and its vocabulary."""
     tokens, scores, types = vocabulary(n_vocab)
-    n_vocab = len(tokens)
-    k_mla = qk_nope_dim + qk_rope_dim
     # MLA: one latent KV "head" shared by all heads.
-    w = _writer(path, "deepseek2", split_max_tensors, n_ctx=1024, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head,
-                n_head_kv=1, rms_eps=1e-6)
-    w.add_leading_dense_block_count(n_dense_lead)
-    w.add_vocab_size(n_vocab)
-    w.add_q_lora_rank(q_lora_rank)
-    w.add_kv_lora_rank(kv_lora_rank)
-    w.add_key_length(kv_lora_rank + qk_rope_dim)
-    w.add_value_length(kv_lora_rank)
-    w.add_key_length_mla(k_mla)
-    w.add_value_length_mla(v_head_dim)
-    w.add_expert_feed_forward_length(n_ff_exp)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_expert_used)
-    w.add_expert_shared_count(n_expert_shared)
+    w = _writer(path, "deepseek2", split_max_tensors, n_ctx=d.n_ctx, n_embd=d.n_embd, n_layer=d.n_layer, n_ff=d.n_ff,
+                n_head=d.n_head, n_head_kv=1, rms_eps=1e-6)
+    w.add_leading_dense_block_count(d.n_dense_lead)
+    w.add_vocab_size(len(tokens))
+    w.add_q_lora_rank(d.q_lora_rank)
+    w.add_kv_lora_rank(d.kv_lora_rank)
+    w.add_key_length(d.kv_lora_rank + d.qk_rope_dim)
+    w.add_value_length(d.kv_lora_rank)
+    w.add_key_length_mla(d.qk_nope_dim + d.qk_rope_dim)
+    w.add_value_length_mla(d.v_head_dim)
+    w.add_expert_feed_forward_length(d.n_ff_exp)
+    w.add_expert_count(d.n_expert)
+    w.add_expert_used_count(d.n_expert_used)
+    w.add_expert_shared_count(d.n_expert_shared)
     w.add_expert_weights_scale(2.5)
     w.add_expert_weights_norm(True)
     w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
-    w.add_rope_dimension_count(qk_rope_dim)
-    w.add_file_type(FILE_TYPES[quant])
+    w.add_rope_dimension_count(d.qk_rope_dim)
+    w.add_file_type(file_type)
     _add_vocabulary(w, tokens, scores, types)
+    return w
 
-    weight = _weight_writer(w, rng, quant)
 
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(name, np.ones(n, dtype=np.float32))
-
-    w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd), dtype=np.float32) * 0.02)
-    norm("output_norm.weight", n_embd)
-    weight("output.weight", n_vocab, n_embd)
-    for i in range(n_layer):
+def deepseek2_tensors(d: Deepseek2, n_vocab: int) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """(name, numpy shape, kind) of every tensor, in the converter's order and split (MLA's k_b and v_b apart):
+    kind is "norm" (ones), "f32" (small random, kept F32 as quantizers keep routers), "zeros" (the routing bias),
+    "embedding" or "weight" (the quantized kind)."""
+    k_mla = d.qk_nope_dim + d.qk_rope_dim
+    ff_shared = d.n_ff_exp * d.n_expert_shared
+    yield "token_embd.weight", (n_vocab, d.n_embd), "embedding"
+    yield "output_norm.weight", (d.n_embd,), "norm"
+    yield "output.weight", (n_vocab, d.n_embd), "weight"
+    for i in range(d.n_layer):
         b = f"blk.{i}"
-        norm(f"{b}.attn_norm.weight", n_embd)
-        norm(f"{b}.attn_q_a_norm.weight", q_lora_rank)
-        norm(f"{b}.attn_kv_a_norm.weight", kv_lora_rank)
-        weight(f"{b}.attn_q_a.weight", q_lora_rank, n_embd)
-        weight(f"{b}.attn_q_b.weight", n_head * k_mla, q_lora_rank)
-        weight(f"{b}.attn_kv_a_mqa.weight", kv_lora_rank + qk_rope_dim, n_embd)
-        weight(f"{b}.attn_k_b.weight", n_head, kv_lora_rank, qk_nope_dim)
-        weight(f"{b}.attn_v_b.weight", n_head, v_head_dim, kv_lora_rank)
-        weight(f"{b}.attn_output.weight", n_embd, n_head * v_head_dim)
-        norm(f"{b}.ffn_norm.weight", n_embd)
-        if i < n_dense_lead:
-            weight(f"{b}.ffn_gate.weight", n_ff, n_embd)
-            weight(f"{b}.ffn_up.weight", n_ff, n_embd)
-            weight(f"{b}.ffn_down.weight", n_embd, n_ff)
+        yield f"{b}.attn_norm.weight", (d.n_embd,), "norm"
+        yield f"{b}.attn_q_a_norm.weight", (d.q_lora_rank,), "norm"
+        yield f"{b}.attn_kv_a_norm.weight", (d.kv_lora_rank,), "norm"
+        yield f"{b}.attn_q_a.weight", (d.q_lora_rank, d.n_embd), "weight"
+        yield f"{b}.attn_q_b.weight", (d.n_head * k_mla, d.q_lora_rank), "weight"
+        yield f"{b}.attn_kv_a_mqa.weight", (d.kv_lora_rank + d.qk_rope_dim, d.n_embd), "weight"
+        yield f"{b}.attn_k_b.weight", (d.n_head, d.kv_lora_rank, d.qk_nope_dim), "weight"
+        yield f"{b}.attn_v_b.weight", (d.n_head, d.v_head_dim, d.kv_lora_rank), "weight"
+        yield f"{b}.attn_output.weight", (d.n_embd, d.n_head * d.v_head_dim), "weight"
+        yield f"{b}.ffn_norm.weight", (d.n_embd,), "norm"
+        if i < d.n_dense_lead:
+            yield f"{b}.ffn_gate.weight", (d.n_ff, d.n_embd), "weight"
+            yield f"{b}.ffn_up.weight", (d.n_ff, d.n_embd), "weight"
+            yield f"{b}.ffn_down.weight", (d.n_embd, d.n_ff), "weight"
             continue
-        w.add_tensor(f"{b}.ffn_gate_inp.weight", rng.standard_normal((n_expert, n_embd), dtype=np.float32) * 0.02)
-        w.add_tensor(f"{b}.exp_probs_b.bias", np.zeros(n_expert, dtype=np.float32))
-        weight(f"{b}.ffn_gate_exps.weight", n_expert, n_ff_exp, n_embd)
-        weight(f"{b}.ffn_up_exps.weight", n_expert, n_ff_exp, n_embd)
-        weight(f"{b}.ffn_down_exps.weight", n_expert, n_embd, n_ff_exp)
-        weight(f"{b}.ffn_gate_shexp.weight", n_ff_exp * n_expert_shared, n_embd)
-        weight(f"{b}.ffn_up_shexp.weight", n_ff_exp * n_expert_shared, n_embd)
-        weight(f"{b}.ffn_down_shexp.weight", n_embd, n_ff_exp * n_expert_shared)
+        yield f"{b}.ffn_gate_inp.weight", (d.n_expert, d.n_embd), "f32"
+        yield f"{b}.exp_probs_b.bias", (d.n_expert,), "zeros"
+        yield f"{b}.ffn_gate_exps.weight", (d.n_expert, d.n_ff_exp, d.n_embd), "weight"
+        yield f"{b}.ffn_up_exps.weight", (d.n_expert, d.n_ff_exp, d.n_embd), "weight"
+        yield f"{b}.ffn_down_exps.weight", (d.n_expert, d.n_embd, d.n_ff_exp), "weight"
+        yield f"{b}.ffn_gate_shexp.weight", (ff_shared, d.n_embd), "weight"
+        yield f"{b}.ffn_up_shexp.weight", (ff_shared, d.n_embd), "weight"
+        yield f"{b}.ffn_down_shexp.weight", (d.n_embd, ff_shared), "weight"
+
+
+def write_tiny_deepseek2(path: Path, dims: Deepseek2 = Deepseek2(), *, n_vocab: int = 0, quant: str = "f32", seed: int = 0,
+                         split_max_tensors: int = 0) -> Path:
+    """A `deepseek2` GGUF of `dims` with random weights: DeepSeek-R1's layout (MLA with the split k_b/v_b tensors,
+    leading dense blocks, then MoE blocks with sigmoid gating, a routing bias and shared experts), small.
+    `quant` is one of QUANTS; k-quants come from llama-quantize."""
+    rng = np.random.default_rng(seed)
+    n_vocab = len(vocabulary(n_vocab)[0])
+    w = deepseek2_writer(path, dims, n_vocab, FILE_TYPES[quant], split_max_tensors)
+    weight = _weight_writer(w, rng, quant)
+    for name, shape, kind in deepseek2_tensors(dims, n_vocab):
+        if kind == "norm":
+            w.add_tensor(name, np.ones(shape, dtype=np.float32))
+        elif kind == "zeros":
+            w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+        elif kind in ("f32", "embedding"):
+            w.add_tensor(name, rng.standard_normal(shape, dtype=np.float32) * 0.02)
+        else:
+            weight(name, *shape)
     return _finish(w, path, split_max_tensors)
 
 

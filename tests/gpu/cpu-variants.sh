@@ -45,12 +45,12 @@ if [ ! -e "$models/done" ]; then
   PYTHONPATH="$work/src/gguf-py:$repo/images/llamacpp" python3 - "$models" <<'PY'
 import sys
 from pathlib import Path
-from tiny_gguf import write_tiny_deepseek2, write_tiny_model
+from tiny_gguf import Deepseek2, write_tiny_deepseek2, write_tiny_model
 m = Path(sys.argv[1])
 write_tiny_model(m / "llama-f16.gguf", n_embd=1024, n_layer=16, n_head=16, n_head_kv=4, n_ff=2816, n_vocab=32000, f16=True)
-write_tiny_deepseek2(m / "ds2-f16.gguf", n_embd=1024, n_layer=4, n_head=8, q_lora_rank=256, kv_lora_rank=256,
+write_tiny_deepseek2(m / "ds2-f16.gguf", Deepseek2(n_embd=1024, n_layer=4, n_head=8, q_lora_rank=256, kv_lora_rank=256,
                      qk_rope_dim=32, qk_nope_dim=64, v_head_dim=64, n_ff=2816, n_ff_exp=512, n_expert=32,
-                     n_expert_used=4, n_vocab=32000, quant="f16")
+                     n_expert_used=4), n_vocab=32000, quant="f16")
 PY
   for arch in llama ds2; do
     for q in Q4_0 Q8_0 Q4_K_M; do

@@ -1,0 +1,376 @@
+"""`builder plan`: which model, which engine, and which settings, for this machine (or one described by flags).
+
+The question every R1 recipe answers by hand: what goes on the GPUs and what stays in RAM. For llama.cpp the
+answer, in order of what decode speed loses least:
+1. everything on the GPUs;
+2. every layer on the GPUs, and the routed experts of the first K layers in RAM (`--n-cpu-moe K`): a token reads
+   only 8 of R1's 256 experts, so experts in RAM cost far less than whole layers in RAM;
+3. the last N layers on the GPUs with all their experts in RAM, the rest on the CPU (`-ngl N`).
+Each GPU gets contiguous layers (llama.cpp's layer split); `--tensor-split` is the count per GPU. Memory per GPU:
+the layers, their KV cache, the output head on the last one, a compute buffer and a safety margin (as llama.cpp's
+own `--fit` leaves one). Decode speed is estimated from the bytes each token reads and the memory bandwidth of
+where they lie; it is an estimate to compare choices, said as one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from builder.errors import UserError
+from builder.hardware import GIB, Machine
+from builder.models import Catalog, Model
+from builder.shapes import GB, Shape, from_catalog
+
+MARGIN = 1 * GIB  # left free on each GPU, as llama.cpp's --fit leaves by default (1024 MiB)
+COMPUTE_BASE = 512 * 1024**2  # llama.cpp's CUDA compute buffer at the default 512-token micro-batch, before logits
+RAM_HEADROOM = 0.9  # of available RAM the weights may fill: the OS, the page cache's churn and the engine need the rest
+# Fractions of peak bandwidth a decode step reaches (llama.cpp, measured orders of magnitude, not promises).
+GPU_EFFICIENCY = 0.55
+CPU_EFFICIENCY = 0.35
+MIN_USEFUL_TPS = 2.0  # below this a recommendation is not worth the download
+DEFAULT_CONTEXT = 8192  # the stacks' default
+VLLM_UTILIZATION = 0.90
+FP8_KV_PER_TOKEN_VLLM = 70_272  # R1 with MLA: (512 + 64) values in bf16 for each of 61 layers
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where llama.cpp puts a model's weights."""
+
+    gpu_layers: int  # -ngl: the last N layers (all of them: every layer and the output head)
+    cpu_moe: int  # --n-cpu-moe: the first K layers keep their routed experts in RAM
+    per_gpu_layers: tuple[int, ...]  # --tensor-split, as layer counts
+    gpu_bytes: tuple[int, ...]
+    ram_bytes: int
+    tokens_per_s: float  # estimated decode speed
+
+    def describe(self, shape: Shape) -> str:
+        if not self.per_gpu_layers:
+            return "everything on the CPU"
+        if self.gpu_layers == shape.layers and self.cpu_moe == 0:
+            return "everything on the GPUs"
+        if self.gpu_layers == shape.layers:
+            cpu_moe_layers = max(0, self.cpu_moe - shape.dense_layers)
+            return f"every layer on the GPUs, the routed experts of {cpu_moe_layers} of {shape.moe_layers} MoE layers in RAM"
+        return f"{self.gpu_layers} of {shape.layers} layers on the GPUs" + (", their routed experts in RAM" if self.cpu_moe else "")
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    engine: str
+    shape: Shape
+    context: int
+    settings: Mapping[str, str]  # the stack's variables (stacks/.env)
+    flags: tuple[str, ...]  # the same as engine flags, for running the engine by hand
+    expectation: str
+    tokens_per_s: float
+    gpu_bytes: tuple[int, ...] = ()
+    ram_bytes: int = 0
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "engine": self.engine, "context": self.context, "settings": dict(self.settings),
+            "flags": list(self.flags), "expected_decode_tokens_per_s": round(self.tokens_per_s, 1),
+            "gpu_memory_gib": [round(b / GIB, 1) for b in self.gpu_bytes], "ram_gib": round(self.ram_bytes / GIB, 1),
+            "shape_from": self.shape.source, "reasons": list(self.reasons), "notes": list(self.notes),
+        }
+
+
+def compute_buffer(shape: Shape, experts_in_ram: bool) -> int:
+    """A GPU's compute buffer: the graph's scratch, the logits of a micro-batch, and, once experts stay in RAM, room
+    for the largest expert tensor, which llama.cpp copies to the GPU to multiply prompt batches there."""
+    logits = min(shape.output, 2 * GIB) // 4  # a micro-batch's f32 logits: about a quarter of a 4-bit output head
+    largest_expert_tensor = shape.layer_experts // 3 if experts_in_ram else 0
+    return COMPUTE_BASE + logits + largest_expert_tensor
+
+
+def _layer_costs(shape: Shape, context: int, cpu_moe: int) -> list[int]:
+    kv = shape.kv_per_token * context // shape.layers
+    costs = []
+    for i in range(shape.layers):
+        experts = shape.layer_experts if shape.dense_layers <= i and i >= cpu_moe else 0
+        costs.append(shape.layer + kv + experts)
+    return costs
+
+
+def _assign(costs: list[int], budgets: list[int], output: int) -> tuple[list[int], list[int]] | None:
+    """Contiguous layers per GPU, in order, each GPU filled before the next; the output head on the last used."""
+    counts = [0] * len(budgets)
+    used = [0] * len(budgets)
+    gpu = 0
+    for cost in costs:
+        while gpu < len(budgets) and used[gpu] + cost > budgets[gpu]:
+            gpu += 1
+        if gpu == len(budgets):
+            return None
+        counts[gpu] += 1
+        used[gpu] += cost
+    last = max(i for i, c in enumerate(counts) if c) if any(counts) else 0
+    if used[last] + output > budgets[last]:
+        return None
+    used[last] += output
+    return counts, used
+
+
+def _estimate(shape: Shape, machine: Machine, on_gpu_layers: list[bool], experts_on_gpu: list[bool], per_gpu: list[int]) -> float:
+    """Decode tokens/s from the bytes a token reads: all of a layer's weights but its routed experts, of which a
+    token reads `active_experts`; GPUs run one after another in a layer split."""
+    gpu_time = cpu_time = 0.0
+    bandwidths = []
+    for gpu, count in enumerate(per_gpu):
+        bandwidths += [machine.gpus[gpu].bandwidth_gbps] * count
+    layer_index = 0
+    for i in range(shape.layers):
+        moe = shape.experts and i >= shape.dense_layers
+        dense_bytes = shape.layer
+        expert_bytes = shape.layer_experts * shape.active_experts if moe else 0
+        if on_gpu_layers[i]:
+            bw = bandwidths[layer_index] * GB * GPU_EFFICIENCY
+            layer_index += 1
+            gpu_time += dense_bytes / bw
+            if experts_on_gpu[i]:
+                gpu_time += expert_bytes / bw
+            else:
+                cpu_time += expert_bytes / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
+        else:
+            cpu_time += (dense_bytes + expert_bytes) / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
+    if all(on_gpu_layers) and per_gpu:
+        gpu_time += shape.output / (machine.gpus[len([c for c in per_gpu if c]) - 1].bandwidth_gbps * GB * GPU_EFFICIENCY)
+    else:
+        cpu_time += shape.output / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
+    return 1.0 / (gpu_time + cpu_time)
+
+
+def decode_estimate(shape: Shape, machine: Machine, gpu_layers: int, cpu_moe: int, per_gpu_layers: tuple[int, ...]) -> float:
+    """The estimate for settings given by hand (-ngl, --n-cpu-moe, --tensor-split as layer counts), e.g. a recipe's,
+    to compare with the plan's."""
+    on_gpu = [i >= shape.layers - gpu_layers for i in range(shape.layers)]
+    experts_on_gpu = [on_gpu[i] and i >= cpu_moe for i in range(shape.layers)]
+    return _estimate(shape, machine, on_gpu, experts_on_gpu, list(per_gpu_layers))
+
+
+def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool = True) -> Placement | None:
+    """The fastest placement that fits, or None when the weights do not fit GPUs and RAM together.
+    `experts_apart=False` is for engines that cannot keep experts in RAM separately (Ollama)."""
+    ram_budget = int(machine.ram * RAM_HEADROOM)
+    kv_total = shape.kv_per_token * context
+
+    def fits_ram(ram: int) -> bool:
+        return ram <= ram_budget
+
+    def result(gpu_layers: int, cpu_moe: int, counts: list[int], used: list[int]) -> Placement | None:
+        on_gpu = [i >= shape.layers - gpu_layers for i in range(shape.layers)]
+        experts_on_gpu = [on_gpu[i] and i >= cpu_moe for i in range(shape.layers)]
+        ram = shape.embedding + sum(
+            (0 if on_gpu[i] else shape.layer + shape.kv_per_token * context // shape.layers)
+            + (shape.layer_experts if shape.experts and i >= shape.dense_layers and not experts_on_gpu[i] else 0)
+            for i in range(shape.layers)) + (0 if gpu_layers == shape.layers else shape.output)
+        if not fits_ram(ram):
+            return None
+        tps = decode_estimate(shape, machine, gpu_layers, cpu_moe, tuple(counts))
+        return Placement(gpu_layers, cpu_moe, tuple(counts), tuple(used), ram, tps)
+
+    if machine.gpus:
+        for experts_in_ram in (False, True):
+            budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram) for g in machine.gpus]
+            if not experts_in_ram:
+                # 1. everything on the GPUs
+                fitted = _assign(_layer_costs(shape, context, 0), budgets, shape.output)
+                if fitted:
+                    return result(shape.layers, 0, *fitted)
+                continue
+            if shape.experts and experts_apart:
+                # 2. all layers on the GPUs, the experts of the first K layers in RAM: the smallest K that fits
+                for cpu_moe in range(shape.dense_layers + 1, shape.layers + 1):
+                    fitted = _assign(_layer_costs(shape, context, cpu_moe), budgets, shape.output)
+                    if fitted:
+                        return result(shape.layers, cpu_moe, *fitted)
+            # 3. the last N layers on the GPUs (with their experts in RAM where the engine can), the rest on the CPU
+            cpu_moe = shape.layers if shape.experts and experts_apart else 0
+            costs = _layer_costs(shape, context, cpu_moe)
+            for n in range(shape.layers - 1, 0, -1):
+                fitted = _assign(costs[shape.layers - n:], budgets, 0)
+                if fitted:
+                    return result(n, cpu_moe, *fitted)
+    ram = shape.total + kv_total
+    if not fits_ram(ram):
+        return None
+    return Placement(0, 0, (), (), ram, _estimate(shape, machine, [False] * shape.layers, [False] * shape.layers, []))
+
+
+def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
+    p = place(shape, machine, context)
+    if p is None:
+        raise UserError(_refusal(name, shape, machine, context))
+    all_layers = p.gpu_layers == shape.layers
+    settings = {
+        "MODEL": name,
+        "LLAMACPP_N_GPU_LAYERS": "all" if all_layers and p.per_gpu_layers else str(p.gpu_layers),
+        "LLAMACPP_N_CPU_MOE": str(p.cpu_moe) if p.cpu_moe else "",
+        "LLAMACPP_SPLIT_MODE": "layer" if len(machine.gpus) > 1 else "",
+        "LLAMACPP_TENSOR_SPLIT": ",".join(map(str, p.per_gpu_layers)) if len(machine.gpus) > 1 else "",
+        "LLAMACPP_CTX_SIZE": str(context),
+        "LLAMACPP_THREADS": str(machine.cores) if machine.cores else "",
+        "LLAMACPP_PARALLEL": "1",
+    }
+    flags = ["-ngl", settings["LLAMACPP_N_GPU_LAYERS"]]
+    for flag, key in (("--n-cpu-moe", "LLAMACPP_N_CPU_MOE"), ("--split-mode", "LLAMACPP_SPLIT_MODE"),
+                      ("--tensor-split", "LLAMACPP_TENSOR_SPLIT"), ("-c", "LLAMACPP_CTX_SIZE"), ("-t", "LLAMACPP_THREADS")):
+        if settings[key]:
+            flags += [flag, settings[key]]
+    reasons = [p.describe(shape)]
+    if p.cpu_moe:
+        reasons.append("a token reads only a few routed experts, so experts in RAM cost least; layers stay on the GPUs")
+    return Plan(name, "llamacpp", shape, context, settings, tuple(flags), p.describe(shape), p.tokens_per_s,
+                p.gpu_bytes, p.ram_bytes, tuple(reasons))
+
+
+def ollama_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
+    p = place(shape, machine, context, experts_apart=False)
+    if p is None:
+        raise UserError(_refusal(name, shape, machine, context))
+    settings = {"MODEL": name, "OLLAMA_NUM_GPU": str(p.gpu_layers), "OLLAMA_CONTEXT_LENGTH": str(context)}
+    reasons = [p.describe(shape), "Ollama offloads whole layers only (no experts-in-RAM split): llama.cpp is faster here"
+               if shape.experts and p.gpu_layers < shape.layers else "whole layers fit as they are"]
+    return Plan(name, "ollama", shape, context, settings, ("num_gpu", str(p.gpu_layers), "num_ctx", str(context)),
+                p.describe(shape), p.tokens_per_s, p.gpu_bytes, p.ram_bytes, tuple(reasons))
+
+
+def vllm_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
+    """vLLM holds every weight on the GPUs: tensor parallel within a node, pipeline parallel across nodes."""
+    gpus_per_node = len(machine.gpus)
+    total_gpus = gpus_per_node * machine.nodes
+    if not total_gpus:
+        raise UserError(f"{name}: vLLM needs GPUs, and this plan has none; describe them with --gpus (and --nodes)")
+    usable = sum(g.memory for g in machine.gpus) * machine.nodes * VLLM_UTILIZATION
+    kv_per_token = FP8_KV_PER_TOKEN_VLLM if shape.experts else shape.kv_per_token
+    kv_room = usable - shape.total
+    if kv_room < kv_per_token * context:
+        need = (shape.total + kv_per_token * context) / VLLM_UTILIZATION / GB
+        raise UserError(f"{name} does not fit vLLM on {total_gpus} GPUs: weights {shape.total / GB:.0f} GB plus the KV cache of one {context}-token sequence need {need:.0f} GB of GPU memory at {VLLM_UTILIZATION:.0%} use, and the GPUs have {sum(g.memory for g in machine.gpus) * machine.nodes / GB:.0f} GB; add GPUs or nodes, or take a GGUF quant with llama.cpp")
+    batched = int(min(kv_room // kv_per_token, 65536))
+    seqs = max(1, min(256, batched // context))
+    settings = {
+        "MODEL": name,
+        "VLLM_TENSOR_PARALLEL_SIZE": str(gpus_per_node),
+        "VLLM_PIPELINE_PARALLEL_SIZE": str(machine.nodes),
+        "VLLM_MAX_MODEL_LEN": str(context),
+        "VLLM_GPU_MEMORY_UTILIZATION": f"{VLLM_UTILIZATION:.2f}",
+        "VLLM_MAX_NUM_SEQS": str(seqs),
+    }
+    flags = ("--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(machine.nodes),
+             "--max-model-len", str(context), "--gpu-memory-utilization", f"{VLLM_UTILIZATION:.2f}",
+             "--max-num-seqs", str(seqs))
+    bw = min(g.bandwidth_gbps for g in machine.gpus) * GB * GPU_EFFICIENCY
+    per_token = (shape.total - shape.experts + shape.experts * shape.active_experts) / gpus_per_node
+    tps = 1.0 / (per_token / bw)
+    expectation = (f"weights on {total_gpus} GPUs (tensor parallel {gpus_per_node} within a node, pipeline parallel "
+                   f"{machine.nodes} across nodes); room for about {kv_room // kv_per_token:,} tokens of KV cache")
+    gpu_each = int((shape.total / total_gpus) + kv_per_token * context / total_gpus)
+    return Plan(name, "vllm", shape, context, settings, flags, expectation, tps, (gpu_each,) * total_gpus, 0,
+                ("vLLM serves many users at once; every weight stays on the GPUs",))
+
+
+PLANNERS = {"llamacpp": llamacpp_plan, "ollama": ollama_plan, "vllm": vllm_plan}
+
+
+def _refusal(name: str, shape: Shape, machine: Machine, context: int) -> str:
+    have = machine.gpu_memory + machine.ram * RAM_HEADROOM
+    need = shape.total + shape.kv_per_token * context
+    return (f"{name} does not fit: its weights and a {context}-token KV cache need about {need / GB:.0f} GB, and this "
+            f"machine has {machine.gpu_memory / GB:.0f} GB of GPU memory and {machine.ram * RAM_HEADROOM / GB:.0f} GB "
+            f"of RAM to give ({have / GB:.0f} GB); take a smaller quant (builder plan without a model recommends one)")
+
+
+def shape_for(model: Model, catalog_arches: Mapping[str, Mapping[str, Any]]) -> Shape:
+    if not model.arch or model.arch not in catalog_arches or not model.approx_size_gb:
+        raise UserError(f"{model.name}: the catalog has no architecture for it, so it cannot be planned; give the downloaded .gguf path instead")
+    return from_catalog(model.name, model.approx_size_gb, catalog_arches[model.arch])
+
+
+def check_context(shape: Shape, context: int | None) -> int:
+    if context is None:
+        return min(DEFAULT_CONTEXT, shape.max_context)
+    if context > shape.max_context:
+        raise UserError(f"--ctx {context} is more than {shape.name} supports ({shape.max_context} tokens); give --ctx {shape.max_context} or less")
+    return context
+
+
+def plan_model(name: str, shape: Shape, machine: Machine, engine: str, context: int | None, *, catalog_name: bool = True) -> Plan:
+    ctx = check_context(shape, context)
+    plan = PLANNERS[engine](name, shape, machine, ctx)
+    if not catalog_name:
+        plan = replace(plan, settings={k: v for k, v in plan.settings.items() if k != "MODEL"})
+    return _with_notes(plan, machine)
+
+
+def _with_notes(plan: Plan, machine: Machine) -> Plan:
+    notes = list(machine.notes)
+    if machine.disk_free is not None and plan.shape.source == "catalog estimate" and machine.disk_free < plan.shape.total:
+        notes.append(f"the models folder has {machine.disk_free / GB:.0f} GB free and {plan.model} needs about {plan.shape.total / GB:.0f} GB: free space or pick another --dest")
+    return replace(plan, notes=tuple(notes))
+
+
+def engines_for(model: Model, wanted: str | None) -> list[str]:
+    usable = [e for e in model.engines if e in PLANNERS]
+    if wanted:
+        if wanted not in PLANNERS:
+            raise UserError(f"--engine {wanted!r}: the planner knows {', '.join(PLANNERS)}")
+        if wanted not in model.engines:
+            raise UserError(f"{model.name} is not served by {wanted} (it is by {', '.join(model.engines) or 'no engine yet'}); pick another model or engine")
+        return [wanted]
+    return usable
+
+
+def recommend(catalog: Catalog, machine: Machine, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
+    """The best DeepSeek-R1 variant that fits and decodes at a useful speed. Quality order: the full model before
+    the distills, its original weights (FP8, vLLM) before quants, larger quants before smaller. Returns the plan
+    and why each better one was passed over."""
+    ranked = sorted((m for m in catalog.models.values() if m.arch and m.approx_size_gb and m.recommend),
+                    key=lambda m: (-float(catalog.architectures[m.arch]["params_b"]), m.format != "safetensors", -m.approx_size_gb))
+    passed: list[str] = []
+    for model in ranked:
+        engines = [e for e in (engines_for(model, None) if engine is None else [engine] if engine in model.engines else [])
+                   if machine.nodes == 1 or e == "vllm"]  # only vLLM spans nodes
+        reasons = []
+        for eng in engines:
+            try:
+                plan = plan_model(model.name, shape_for(model, catalog.architectures), machine, eng, context)
+            except UserError:
+                reasons.append(f"{eng}: does not fit")
+                continue
+            if plan.tokens_per_s < MIN_USEFUL_TPS:
+                reasons.append(f"{eng}: fits, at about {plan.tokens_per_s:.1f} tokens/s")
+                continue
+            return plan, passed
+        if reasons:
+            passed.append(f"{model.name} ({model.approx_size_gb:g} GB): " + "; ".join(reasons))
+    raise UserError("nothing in the catalog fits this machine" + (f" with {engine}" if engine else "") + "; see `builder models`")
+
+
+def report(plan: Plan, machine: Machine, passed: list[str] | None = None) -> str:
+    """The plan as a person reads it."""
+    gpus = ", ".join(f"{g.name} ({g.memory_gib:.0f} GiB{' free' if g.compute_capability else ''})" for g in machine.gpus) or "no GPU"
+    nodes = f"{machine.nodes} nodes of " if machine.nodes > 1 else ""
+    lines = [
+        f"machine:  {nodes}{gpus}; {machine.ram / GIB:.0f} GiB RAM, {machine.cores} cores ({machine.cpu_level}), "
+        f"{machine.numa_nodes} NUMA node{'s' if machine.numa_nodes > 1 else ''}",
+        f"model:    {plan.model} ({plan.shape.source}: {plan.shape.total / GB:.0f} GB"
+        + (f", routed experts {plan.shape.experts / GB:.0f} GB" if plan.shape.experts else "") + ")",
+        f"engine:   {plan.engine}: {plan.expectation}",
+    ]
+    if plan.gpu_bytes:
+        lines.append("memory:   " + ", ".join(f"GPU{i} {b / GIB:.1f} GiB" for i, b in enumerate(plan.gpu_bytes[:8]))
+                     + (" ..." if len(plan.gpu_bytes) > 8 else "") + f"; RAM {plan.ram_bytes / GIB:.0f} GiB")
+    lines.append(f"decode:   about {plan.tokens_per_s:.0f} tokens/s for one user (an estimate from memory bandwidth)")
+    lines.append("settings: " + " ".join(f"{k}={v}" for k, v in plan.settings.items() if v))
+    lines.append("flags:    " + " ".join(plan.flags))
+    lines += [f"why:      {r}" for r in plan.reasons]
+    if passed:
+        lines += [f"passed:   {p}" for p in passed[:6]]
+    lines += [f"note:     {n}" for n in plan.notes]
+    return "\n".join(lines)

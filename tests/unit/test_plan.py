@@ -1,0 +1,163 @@
+"""`builder plan` against the machines of the recipes this project replaces (recorded descriptions, not this
+machine), each with the plan it should produce and why; a real GGUF's header; bad input; `--write`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder import hardware, models
+from builder.errors import UserError
+from builder.models import Catalog
+from builder.plan import decode_estimate, plan_model, recommend, shape_for
+from builder.shapes import from_gguf
+from conftest import builder
+from support.tiny_gguf import write_tiny_deepseek2
+
+SHIPPED = Path(models.__file__).with_name("models.yaml").read_text()
+
+
+def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: int = 1) -> hardware.Machine:
+    return hardware.describe(gpus=gpus, ram_gib=ram, cores=cores, cpu=cpu, numa=numa, nodes=nodes)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return models.load()
+
+
+@pytest.fixture(scope="module")
+def catalog_with_vllm() -> Catalog:
+    """The shipped catalog with R1's FP8 weights served by vLLM, as they are once the vLLM image is in."""
+    raw = yaml.safe_load(SHIPPED)
+    raw["models"]["r1-671b-fp8"]["engines"] = ["vllm"]
+    return models.load(yaml.safe_dump(raw))
+
+
+def test_4x_a100_runs_q8_with_experts_in_ram_and_beats_the_recipes_ngl_20(catalog):
+    """The recipe: R1 Q8_0, `-ngl 20 --tensor-split 24,25,25,25`, about 2 tokens/s. Q8_0 (713 GB) fits 320 GB of
+    GPU plus 1 TB of RAM; every layer goes on the GPUs with the experts of the first layers in RAM, which reads far
+    fewer bytes from RAM per token than 41 whole layers on the CPU."""
+    box = machine("4xA100", 1000, 128, "avx2", numa=2)
+    plan, passed = recommend(catalog, box, None, None)
+    assert (plan.model, plan.engine) == ("r1-671b-q8_0", "llamacpp")
+    s = plan.settings
+    assert s["LLAMACPP_N_GPU_LAYERS"] == "all" and 3 < int(s["LLAMACPP_N_CPU_MOE"]) < 61
+    split = [int(x) for x in s["LLAMACPP_TENSOR_SPLIT"].split(",")]
+    assert len(split) == 4 and sum(split) == 61 and s["LLAMACPP_SPLIT_MODE"] == "layer"
+    assert all(b <= 80 * hardware.GIB for b in plan.gpu_bytes)
+    recipe = decode_estimate(plan.shape, box, 20, 0, (5, 5, 5, 5))
+    assert plan.tokens_per_s > 1.5 * recipe
+
+
+def test_4x_4090_with_ollama_offloads_at_least_the_recipes_28_layers(catalog):
+    """The recipe found `num_gpu 28` (7 layers per 24 GB card) for the 1.58-bit quant by trial. Whole layers of
+    about 2.1 GB each: at least 7 fit each card after the compute buffer and margin."""
+    box = machine("4xRTX4090", 384, 64, "avx512")
+    plan = plan_model("r1-671b-ud-iq1_s", shape_for(catalog.get("r1-671b-ud-iq1_s"), catalog.architectures), box, "ollama", None)
+    assert 28 <= int(plan.settings["OLLAMA_NUM_GPU"]) < 61
+    assert plan.settings["OLLAMA_CONTEXT_LENGTH"] == "8192"
+
+
+def test_4x_4090_recommends_a_larger_quant_with_llamacpp_than_ollama_could_run_fast(catalog):
+    box = machine("4xRTX4090", 384, 64, "avx512")
+    plan, _ = recommend(catalog, box, None, None)
+    assert plan.engine == "llamacpp" and plan.model == "r1-671b-q4_k_m"  # 404 GB: 96 GB of GPU + 345 GB of RAM to give
+    assert plan.settings["LLAMACPP_THREADS"] == "64"
+
+
+def test_3090ti_with_96gb_is_told_r1_does_not_fit_and_gets_the_32b_distill(catalog):
+    """131 GB (the smallest R1) against 24 GB of GPU and 86 GB of RAM to give: a refusal that says so, and the
+    recommendation falls to the largest distill that runs well, entirely on the GPU."""
+    box = machine("1xRTX3090Ti", 96, 16, "avx2")
+    with pytest.raises(UserError, match=r"r1-671b-ud-iq1_s does not fit: .*need about 13\d GB"):
+        plan_model("r1-671b-ud-iq1_s", shape_for(catalog.get("r1-671b-ud-iq1_s"), catalog.architectures), box, "llamacpp", None)
+    plan, passed = recommend(catalog, box, None, None)
+    assert plan.model == "r1-distill-qwen-32b" and plan.expectation == "everything on the GPUs"
+    assert any(p.startswith("r1-671b-ud-iq1_s") for p in passed)
+
+
+def test_a6000_with_256gb_runs_the_2_5_bit_quant(catalog):
+    box = machine("1xA6000", 256, 32, "avx512")
+    plan, _ = recommend(catalog, box, None, None)
+    assert plan.model == "r1-671b-ud-q2_k_xl" and plan.settings["LLAMACPP_N_CPU_MOE"]
+
+
+def test_amx_xeon_with_one_24gb_gpu_keeps_most_experts_in_ram(catalog):
+    box = machine("1x24", 512, 32, "amx", numa=1)
+    plan, _ = recommend(catalog, box, None, None)
+    assert plan.model == "r1-671b-q4_k_m" and plan.engine == "llamacpp"
+    assert int(plan.settings["LLAMACPP_N_CPU_MOE"]) > 55  # 24 GB holds the attention and few experts
+    assert box.cpu_level == "amx" and {"avx512", "avx2"} <= box.cpu_flags
+
+
+@pytest.mark.parametrize("gpus,nodes,tp,pp", [
+    ("4xH100", 4, 4, 4),  # the recipe: 16 H100s in four servers
+    ("4xH200", 2, 4, 2),  # 8 H200s in two servers reach the same
+    ("1xGH200", 16, 1, 16),  # 16 single-GPU GH200 nodes (the recipe chose pipeline 4 x tensor 4; see docs)
+    ("8xH200", 1, 8, 1),
+])
+def test_clusters_serve_the_fp8_weights_with_vllm(catalog_with_vllm, gpus, nodes, tp, pp):
+    box = machine(gpus, 2000, 64, "avx512", nodes=nodes)
+    plan, _ = recommend(catalog_with_vllm, box, None, None)
+    assert (plan.model, plan.engine) == ("r1-671b-fp8", "vllm")
+    assert plan.settings["VLLM_TENSOR_PARALLEL_SIZE"] == str(tp) and plan.settings["VLLM_PIPELINE_PARALLEL_SIZE"] == str(pp)
+
+
+def test_one_8x_h100_node_cannot_hold_the_fp8_weights(catalog_with_vllm):
+    box = machine("8xH100", 2000, 64, "avx512")
+    with pytest.raises(UserError, match="does not fit vLLM on 8 GPUs"):
+        plan_model("r1-671b-fp8", shape_for(catalog_with_vllm.get("r1-671b-fp8"), catalog_with_vllm.architectures), box, "vllm", None)
+    plan, _ = recommend(catalog_with_vllm, box, None, None)
+    assert plan.engine == "llamacpp"  # the quants still run, experts in RAM where they must
+
+
+def test_a_ggufs_header_gives_the_exact_split(tmp_path):
+    """A real deepseek2 file: experts and KV cache per token from its tensor table and keys, computed here from
+    the widths it was written with."""
+    path = write_tiny_deepseek2(tmp_path / "ds2.gguf")  # 2 layers (1 dense), 256 wide, 8 experts of 256, f32
+    shape = from_gguf(path)
+    assert shape.experts == 1 * 3 * 8 * 256 * 256 * 4
+    assert shape.kv_per_token == (64 + 32) * 2 * 2  # MLA: (kv_lora + rope) f16 values per layer
+    assert (shape.layers, shape.dense_layers, shape.active_experts) == (2, 1, 2 / 8)
+
+
+def test_cli_plans_a_gguf_and_writes_the_stack_env_keeping_other_lines(tmp_path):
+    path = write_tiny_deepseek2(tmp_path / "ds2.gguf")
+    env = tmp_path / ".env"
+    env.write_text("# mine\nHF_TOKEN=hf_secret\nLLAMACPP_CTX_SIZE=4096\nLLAMACPP_N_CPU_MOE=30\n")
+    result = builder("plan", str(path), "--gpus", "1x8", "--ram", "16", "--cores", "8", "--cpu", "avx2", "--ctx", "1024",
+                     "--write", str(env), capture_output=True)
+    text = env.read_text()
+    assert text.startswith("# mine\nHF_TOKEN=hf_secret\nLLAMACPP_CTX_SIZE=1024\nLLAMACPP_N_CPU_MOE=\n")
+    assert "LLAMACPP_N_GPU_LAYERS=all" in text and "MODEL=" not in text  # a file, not a catalog name
+    assert "LLAMACPP_CTX_SIZE=1024 (was '4096')" in result.stderr
+    again = builder("plan", str(path), "--gpus", "1x8", "--ram", "16", "--cores", "8", "--cpu", "avx2", "--ctx", "1024",
+                    "--write", str(env), "--json", capture_output=True)
+    assert json.loads(again.stdout)["settings"]["LLAMACPP_CTX_SIZE"] == "1024"
+    assert "already up to date" in again.stderr and env.read_text() == text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gpus", "fourx24"], "unknown GPU 'fourx24'"),
+    (["--gpus", "4xRTX9999"], "unknown GPU 'RTX9999'"),
+    (["--gpus", "0x24"], "a count of 0 GPUs"),
+    (["--ram", "lots"], "'lots' is not a valid float"),
+    (["--cpu", "sse9"], "unknown flag 'sse9'"),
+    (["r1-671b-ud-iq1_s", "--ctx", "200000"], "is more than r1-671b-ud-iq1_s supports (163840 tokens)"),
+    (["r1-671b-q8_0", "--gpus", "none", "--ram", "64"], "r1-671b-q8_0 does not fit"),
+    (["no-such-model"], "unknown model 'no-such-model'"),
+    (["r1-671b-q4_k_m", "--engine", "vllm"], "r1-671b-q4_k_m is not served by vllm"),
+    (["missing.gguf"], "'missing.gguf' is not a file"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    env = tmp_path / ".env"
+    described = ["--cores", "8", "--cpu", "avx2"] + ([] if "--ram" in args else ["--ram", "64"]) + ([] if "--gpus" in args else ["--gpus", "1x24"])
+    result = builder("plan", *described, *args, "--write", str(env), check=False, capture_output=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not env.exists()
