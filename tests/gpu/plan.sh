@@ -37,9 +37,8 @@ if [ "$phase" = build ]; then
   log "build start"
   start=$(date +%s)
   ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
-    # llama.cpp's own answer to "what fits", printed as flags: the fit row of the table says what it chose.
-    cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1
-    install -m 0755 "$work/src/build/bin/llama-fit-params" "$bin/" ) &
+    # llama.cpp's own answer to "what fits", printed as flags (it runs from the build folder, beside its libraries).
+    cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
   builder_pid=$!
   PYTHONPATH="$work/src/gguf-py:$repo/images/llamacpp:$repo/tests/gpu" python3 "$repo/tests/gpu/r1_shaped.py" "$model" --moe-layers "$moe_layers" | tee -a "$out/steps.txt"
   wait "$builder_pid" || { tail -40 "$out/build.log"; exit 1; }
@@ -77,7 +76,9 @@ print(99 if s['LLAMACPP_N_GPU_LAYERS'] == 'all' else s['LLAMACPP_N_GPU_LAYERS'],
 threads=$(nproc)
 
 log "fit-params"
-"${entrypoint[@]}" llama-fit-params -m "$model" -c 8192 -fa on > "$out/fit-params.txt" 2> "$out/fit-params.log" || tail -5 "$out/fit-params.log"
+# Not an image tool, so not through the entrypoint: the CPU variant the entrypoint picks for deepseek2 is named here.
+GGML_BACKEND_PATH=$work/prefix/lib/ggml-cpu/libggml-cpu-${FIT_CPU_VARIANT:-zen4}.so "$work/src/build/bin/llama-fit-params" \
+  -m "$model" -c 8192 -fa on > "$out/fit-params.txt" 2> "$out/fit-params.log" || tail -5 "$out/fit-params.log"
 cat "$out/fit-params.txt"
 
 common=(-m "$model" -fa 1 -t "$threads" -p 512 -n 128 -r 2 -o json)
