@@ -157,49 +157,42 @@ def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool =
     """The fastest placement that fits, or None when the weights do not fit GPUs and RAM together.
     `experts_apart=False` is for engines that cannot keep experts in RAM separately (Ollama)."""
     ram_budget = int(machine.ram * RAM_HEADROOM)
-    kv_total = shape.kv_per_token * context
-
-    def fits_ram(ram: int) -> bool:
-        return ram <= ram_budget
 
     def result(gpu_layers: int, cpu_moe: int, counts: list[int], used: list[int]) -> Placement | None:
+        """The placement, or None when what stays off the GPUs does not fit RAM (then nothing does: any other
+        placement that fits the GPUs leaves more in RAM)."""
         on_gpu = [i >= shape.layers - gpu_layers for i in range(shape.layers)]
         experts_on_gpu = [on_gpu[i] and i >= cpu_moe for i in range(shape.layers)]
         ram = shape.embedding + sum(
             (0 if on_gpu[i] else shape.layer + shape.kv_per_token * context // shape.layers)
             + (shape.layer_experts if shape.experts and i >= shape.dense_layers and not experts_on_gpu[i] else 0)
             for i in range(shape.layers)) + (0 if gpu_layers == shape.layers else shape.output)
-        if not fits_ram(ram):
+        if ram > ram_budget:
             return None
-        tps = decode_estimate(shape, machine, gpu_layers, cpu_moe, tuple(counts))
-        return Placement(gpu_layers, cpu_moe, tuple(counts), tuple(used), ram, tps)
+        return Placement(gpu_layers, cpu_moe, tuple(counts), tuple(used), ram,
+                         decode_estimate(shape, machine, gpu_layers, cpu_moe, tuple(counts)))
 
     if machine.gpus:
-        for experts_in_ram in (False, True):
-            budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram) for g in machine.gpus]
-            if not experts_in_ram:
-                # 1. everything on the GPUs
-                fitted = _assign(_layer_costs(shape, context, 0), budgets, shape.output)
+        # 1. everything on the GPUs
+        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=False) for g in machine.gpus]
+        fitted = _assign(_layer_costs(shape, context, 0), budgets, shape.output)
+        if fitted:
+            return result(shape.layers, 0, *fitted)
+        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=True) for g in machine.gpus]
+        if shape.experts and experts_apart:
+            # 2. every layer on the GPUs, the experts of the first K layers in RAM: the smallest K that fits
+            for cpu_moe in range(shape.dense_layers + 1, shape.layers + 1):
+                fitted = _assign(_layer_costs(shape, context, cpu_moe), budgets, shape.output)
                 if fitted:
-                    return result(shape.layers, 0, *fitted)
-                continue
-            if shape.experts and experts_apart:
-                # 2. all layers on the GPUs, the experts of the first K layers in RAM: the smallest K that fits
-                for cpu_moe in range(shape.dense_layers + 1, shape.layers + 1):
-                    fitted = _assign(_layer_costs(shape, context, cpu_moe), budgets, shape.output)
-                    if fitted:
-                        return result(shape.layers, cpu_moe, *fitted)
-            # 3. the last N layers on the GPUs (with their experts in RAM where the engine can), the rest on the CPU
-            cpu_moe = shape.layers if shape.experts and experts_apart else 0
-            costs = _layer_costs(shape, context, cpu_moe)
-            for n in range(shape.layers - 1, 0, -1):
-                fitted = _assign(costs[shape.layers - n:], budgets, 0)
-                if fitted:
-                    return result(n, cpu_moe, *fitted)
-    ram = shape.total + kv_total
-    if not fits_ram(ram):
-        return None
-    return Placement(0, 0, (), (), ram, _estimate(shape, machine, [False] * shape.layers, [False] * shape.layers, []))
+                    return result(shape.layers, cpu_moe, *fitted)
+        # 3. the last N layers on the GPUs (their experts in RAM where the engine can), the rest on the CPU
+        cpu_moe = shape.layers if shape.experts and experts_apart else 0
+        costs = _layer_costs(shape, context, cpu_moe)
+        for n in range(shape.layers - 1, 0, -1):
+            fitted = _assign(costs[shape.layers - n:], budgets, 0)
+            if fitted:
+                return result(n, cpu_moe, *fitted)
+    return result(0, 0, [], [])
 
 
 def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
