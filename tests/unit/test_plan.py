@@ -16,6 +16,7 @@ from builder.plan import decode_estimate, plan_model, recommend, shape_for
 from builder.shapes import from_gguf
 from conftest import builder
 from support.tiny_gguf import write_tiny_deepseek2
+from test_stacks import compose
 
 SHIPPED = Path(models.__file__).with_name("models.yaml").read_text()
 
@@ -161,3 +162,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not env.exists()
+
+
+def test_plan_write_then_compose_reaches_llama_server(tmp_path):
+    """The README's path for a user's own hardware: `builder plan --write` into the stack's .env, then compose. The
+    plan's 4-GPU split reaches llama-server's environment as the plan printed it."""
+    env = tmp_path / ".env"
+    plan = json.loads(builder("plan", "r1-671b-ud-iq1_s", "--gpus", "4xRTX4090", "--ram", "384", "--cores", "64", "--cpu",
+                              "avx512", "--write", str(env), "--json", capture_output=True).stdout)["settings"]
+    resolved = json.loads(compose(["llamacpp-webui.yml"], "--env-file", str(env), "config", "--format", "json").stdout)
+    server = resolved["services"]["llamacpp"]["environment"]
+    assert server["LLAMA_ARG_N_GPU_LAYERS"] == plan["LLAMACPP_N_GPU_LAYERS"] == "all"
+    assert server["LLAMA_ARG_N_CPU_MOE"] == plan["LLAMACPP_N_CPU_MOE"] != ""
+    assert server["LLAMA_ARG_TENSOR_SPLIT"] == plan["LLAMACPP_TENSOR_SPLIT"] and len(plan["LLAMACPP_TENSOR_SPLIT"].split(",")) == 4
+    assert server["LLAMA_ARG_SPLIT_MODE"] == "layer" and server["LLAMA_ARG_THREADS"] == "64"
+    assert "r1-671b-ud-iq1_s" in resolved["services"]["model-init"]["command"]
