@@ -34,6 +34,8 @@ class Request:
     num_gpu: int | str | None
     path_file: Path | None
     min_free: int | None
+    connections: int
+    part_size: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def run(o: Request) -> Outcome:
     for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
         if path is not None:
             check_file(path, flag)
+    if o.part_size < downloads.PART_SIZE_MIN:
+        raise UserError(f"--part-size {human(o.part_size)} is too small: give 1M or more (each part costs a request)")
     progress = DownloadProgress()
     dest = dest.resolve()
     if not o.dry_run:
@@ -73,7 +77,7 @@ def run(o: Request) -> Outcome:
         for line in downloads.describe(plan):
             progress.note(line)
         try:
-            downloads.fetch(plan, token, progress, verify=o.verify)
+            downloads.fetch(plan, token, progress, verify=o.verify, connections=o.connections, part_size=o.part_size)
         except OSError as e:  # a disk filled by someone else meanwhile
             raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
