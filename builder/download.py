@@ -3,8 +3,9 @@
 Files land at DEST/<path in repo>, the layout of huggingface_hub's `local_dir`. The bytes are fetched here rather
 than with `hf_hub_download`: huggingface_hub 2.x writes each attempt to a process-unique temporary file and deletes
 it when the process fails, so a download killed at 90% (a container stopped, a host rebooted) would start over.
-Here a partial file keeps a stable name under DEST/.r1kit/partial/ and the next run asks for the rest (HTTP Range).
-The Hub API (repo info, file listing, errors, headers, token) is still huggingface_hub's.
+Here a partial file keeps a stable name under DEST/.r1kit/partial/ and the next run asks for the rest (HTTP Range),
+part by part where builder/transfer.py fetched a large file in parallel parts. The Hub API (repo info, file listing,
+errors, headers, token) and the HTTP session are still huggingface_hub's.
 """
 
 from __future__ import annotations

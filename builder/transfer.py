@@ -16,6 +16,7 @@ host refuses it (it expired).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -135,6 +136,16 @@ class _File:
 def _origin(url: str) -> tuple[str, str, int | None]:
     u = urlsplit(url)
     return u.scheme, (u.hostname or ""), u.port
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    """All of `data` at `offset`, or an OSError: pwrite may write less (a disk filling up), and a part must never
+    count a byte that is not in the file."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data, offset = data[n:], offset + n
 
 
 class Transfer:
@@ -267,7 +278,7 @@ class Transfer:
                         if self.stop.is_set():
                             return
                         n = min(len(chunk), part.end - start)
-                        os.pwrite(f.fd, chunk[:n] if n < len(chunk) else chunk, start)
+                        _write_at(f.fd, memoryview(chunk)[:n], start)
                         start += n
                         got += n
                         self._advance(f, i, n)

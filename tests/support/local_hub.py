@@ -31,6 +31,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -46,11 +47,13 @@ class HubFile:
     data: bytes
     lfs: bool
 
-    @property
+    # Cached: every request asks for the ETags (and the repo's commit, all of them), and hashing a benchmark's
+    # gigabytes per request would make the stand-in, not the client, the bottleneck.
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def git_oid(self) -> str:
         return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
 
@@ -90,18 +93,19 @@ class Faults:
 
 
 class Pace:
-    """Lets `rate` bytes per second through, in order of asking, across threads: a link's capacity."""
+    """Lets `rate` bytes per second through, across threads: a token bucket holding `burst` seconds' worth, as traffic
+    shapers do, so that a sender woken late (a busy machine) catches up instead of losing the time."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.next = time.monotonic()
+    def __init__(self, rate: float, burst: float = 0.05) -> None:
+        self.rate, self.burst = rate, burst
+        self.next = time.monotonic()  # when the bucket is full again (every byte asked for has passed)
         self.lock = threading.Lock()
 
     def take(self, n: int) -> None:
         with self.lock:
             now = time.monotonic()
-            self.next = max(self.next, now) + n / self.rate
-            wait = self.next - now - n / self.rate
+            self.next = max(self.next, now - self.burst) + n / self.rate
+            wait = self.next - now - self.burst
         if wait > 0:
             time.sleep(wait)
 
@@ -205,8 +209,11 @@ def _handler(hub: LocalHub, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            if send_body and body:
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away: its loss
+                    pass
 
         def _json(self, value: object, send_body: bool) -> None:
             self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"}, send_body=send_body)

@@ -175,3 +175,33 @@ def test_killed_anywhere_with_parallel_parts_resumes_clean_10_of_10(local_hub: L
         assert asked == missing, (trial, asked, missing, delay)  # exactly the rest: no byte fetched twice, none skipped
         assert files_under(dest / ".r1kit" / "partial") == [], trial
         assert result.stdout.strip() == str(dest)
+
+
+@pytest.mark.parametrize("small_volume", ["12m"], indirect=True)
+def test_a_disk_filled_mid_download_stops_in_one_line_and_resumes(local_hub: LocalHub, hub_env: dict[str, str], small_volume: Path, repos: dict):
+    """Another program fills the disk after the preflight: every part stops, the error says so in one line, and once
+    there is space again the same command resumes the parts and finishes byte-identical."""
+    dest, filler = small_volume / "models", small_volume / "filler"
+    with local_hub.faulty(throttle=1 * MiB):
+        proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "download", PARALLEL_REPO, "--include", "*", "--dest", str(dest),
+                                 *PARTS, "--connections", "4", "--min-free", "0"], cwd=REPO, env=hub_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(p.stat().st_blocks for p in files_under(dest / ".r1kit" / "partial")) * 512 < MiB:
+            assert time.monotonic() < deadline and proc.poll() is None, "the download never got going"
+            time.sleep(0.02)
+        with filler.open("wb") as f:  # the rest of the volume
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        _, err = proc.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: ") and "No space left on device" in last and "run the same command again to resume" in last, err
+    for path in FILES:  # under its final name: only ever a complete, verified file
+        assert not (dest / path).exists() or (dest / path).read_bytes() == repos[PARALLEL_REPO][path]
+    filler.unlink()
+    download(dest, "--connections", "4", "--min-free", "0", env=hub_env)
+    for path, data in repos[PARALLEL_REPO].items():
+        assert (dest / path).read_bytes() == data
