@@ -56,7 +56,7 @@ SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 CHUNK = 1024 * 1024
 MERGE_TOOL = "llama-gguf-split"
 # Parallel ranged fetches (builder/transfer.py). Both defaults come from the benchmark in docs/PERFORMANCE.md.
-CONNECTIONS = 8
+CONNECTIONS = 16
 CONNECTIONS_MAX = 32  # a bound, so that a home link (and the CDN's patience) is not flooded
 PART_SIZE = 64 * MIB
 PART_SIZE_MIN = MIB  # smaller parts are all request overhead

@@ -68,17 +68,21 @@ def record_path(partial: Path) -> Path:
 def progress_of(partial: Path, size: int, part_size: int) -> tuple[tuple[Part, ...], list[int]]:
     """The parts of a file of `size` bytes and how many bytes of each the partial file holds, from its control record
     (whose part size wins over `part_size`, so a resume with another --part-size reuses what is there) and its size.
-    No record: the partial file came from a single stream (one part, or a download before issue 14), all prefix."""
+    No record: the partial file came from a single stream (one part, or a download before issue 14), all prefix.
+    A record that cannot be read: nothing (the caller starts the file over)."""
     have_size = partial.stat().st_size if partial.is_file() else 0
+    if not record_path(partial).exists():
+        parts = layout(size, part_size)
+        return parts, [min(p.size, max(0, have_size - p.start)) for p in parts]
     try:
         record = json.loads(record_path(partial).read_text())
         parts = layout(size, int(record["part_size"]))
         have = [int(h) for h in record["have"]]
-        if record["size"] != size or len(have) != len(parts):
+        if record["size"] != size or len(have) != len(parts) or min(have) < 0:
             raise ValueError("a record of another file")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # edited by hand: no byte of the partial file is trusted
         parts = layout(size, part_size)
-        have = [max(0, have_size - p.start) for p in parts]
+        return parts, [0] * len(parts)
     # The part holding the file's last byte wrote everything from its start up to there.
     for i, p in enumerate(parts):
         if p.start < have_size <= p.end:
@@ -170,6 +174,8 @@ class Transfer:
                 tmp.unlink(missing_ok=True)
             parts, have = progress_of(w.partial, w.size, self.settings.part_size)
             fd = os.open(w.partial, os.O_RDWR | os.O_CREAT, 0o644)
+            if not sum(have):
+                os.ftruncate(fd, 0)  # nothing in it is trusted: no stale byte may be credited to a part later
             f = _File(w, parts, have, fd, left=sum(1 for h, p in zip(have, parts) if h < p.size))
             f.write_record()  # before any part writes: a record-less partial file is read as one prefix
             self.files.append(f)

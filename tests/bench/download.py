@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.local_hub import LocalHub  # noqa: E402
+from support.local_hub import LocalHub, Served  # noqa: E402
 from support.prerequisites import REPO  # noqa: E402
 
 BENCH_REPO = "r1kit-bench/DeepSeek-R1-bench-GGUF"
@@ -96,24 +96,30 @@ def main() -> None:
             for label, command, cwd in runs:
                 folder = dest()
                 extra = ["--local-dir", str(folder)] if command[0] == hf else ["--dest", str(folder)]
+                hub.served = Served()
                 server_cpu = time.process_time()
                 wall, client_cpu = timed(command + extra, env, cwd)
                 server_cpu = time.process_time() - server_cpu
                 for name in names:
                     assert (folder / name).stat().st_size == size, (label, name)
-                rate = total / wall / MB
-                rows.append((label, wall, rate, rate / args.total_mbs, client_cpu / wall, server_cpu / wall))
-                print(f"{label}: {wall:.1f} s, {rate:.0f} MB/s", file=sys.stderr, flush=True)
+                assert hub.served.bytes >= total, (label, hub.served.bytes)
+                rate, transfer = total / wall / MB, hub.served.bytes / hub.served.seconds / MB
+                rows.append((label, wall, rate, hub.served.seconds, transfer, transfer / args.total_mbs, client_cpu / wall, server_cpu / wall))
+                print(f"{label}: {wall:.1f} s, {rate:.0f} MB/s; transfer {hub.served.seconds:.1f} s, {transfer:.0f} MB/s", file=sys.stderr, flush=True)
                 shutil.rmtree(folder)
 
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores. Model: {args.shards} shards of {args.shard_mib} MiB "
           f"({total / 2**30:.1f} GiB, random bytes) on the local Hub, which redirects each file to another host with a signed "
           f"link, as huggingface.co does. Caps: {args.per_connection_mbs:g} MB/s per connection, {args.total_mbs:g} MB/s in all "
-          f"(1 MB = 10^6 bytes). Wall time from start to exit, sha256 verification included where the client does it.\n")
-    print("| client | time s | MB/s | of the total cap | client CPU (cores) | server CPU (cores) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label, wall, rate, fraction, client, server in rows:
-        print(f"| {label} | {wall:.1f} | {rate:.0f} | {fraction:.0%} | {client:.2f} | {server:.2f} |")
+          f"(1 MB = 10^6 bytes). Wall: from start to exit, with the process start, the listing and the sha256 of the last "
+          f"file (builder verifies every file; hf download verifies none). Transfer: the server's first body byte to its "
+          f"last, all bytes it sent (the network path). CPU: seconds of CPU per second of wall time.\n")
+    print("| client | wall s | wall MB/s | transfer s | transfer MB/s | of the total cap | client CPU | server CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, wall, rate, seconds, transfer, fraction, client, server in rows:
+        print(f"| {label} | {wall:.1f} | {rate:.0f} | {seconds:.1f} | {transfer:.0f} | {fraction:.0%} | {client:.2f} | {server:.2f} |")
+    load = os.getloadavg()
+    print(f"\nLoad average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

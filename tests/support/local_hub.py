@@ -92,6 +92,27 @@ class Faults:
     ignore_range: bool = False  # answer a Range request with the whole file, as some mirrors do
 
 
+@dataclass
+class Served:
+    """Body bytes sent, and when the first and the last left: a benchmark's transfer time as the server sees it."""
+
+    bytes: int = 0
+    first: float | None = None
+    last: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.bytes += n
+            self.first = now if self.first is None else self.first
+            self.last = now
+
+    @property
+    def seconds(self) -> float:
+        return (self.last - self.first) if self.first is not None and self.last is not None else 0.0
+
+
 class Pace:
     """Lets `rate` bytes per second through, across threads: a token bucket holding `burst` seconds' worth, as traffic
     shapers do, so that a sender woken late (a busy machine) catches up instead of losing the time."""
@@ -117,6 +138,7 @@ class LocalHub:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[Request] = []
         self.faults = Faults()
+        self.served = Served()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
@@ -374,5 +396,6 @@ def _handler(hub: LocalHub, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 sent += len(piece)
+                hub.served.add(len(piece))
 
     return Handler

@@ -20,7 +20,7 @@ from builder import transfer
 from builder.progress import human
 from support.local_hub import CDN_HOST, TEST_TOKEN, LocalHub
 from support.prerequisites import REPO
-from test_download import builder, files_under, one_line_error, sha256
+from test_download import builder, files_under, one_line_error
 
 MiB = 1024**2
 PARALLEL_REPO = "r1kit-test/parallel-safetensors"
@@ -67,7 +67,7 @@ def test_parts_and_files_at_once_are_byte_identical(local_hub: LocalHub, hub_env
     for path, data in repos[PARALLEL_REPO].items():
         assert (dest / path).read_bytes() == data
     ranges = {r.range for r in local_hub.requests_for(FILES[0])}
-    assert {"bytes=1048576-2097151", f"bytes=2097152-"} <= ranges, ranges  # the parts, the last one open-ended
+    assert {"bytes=1048576-2097151", "bytes=2097152-"} <= ranges, ranges  # the parts, the last one open-ended
     assert files_under(dest / ".r1kit" / "partial") == []
     # Several files were in flight at once: the second started before the first was done.
     log = result.stderr.splitlines()
@@ -123,6 +123,23 @@ def test_bad_connections_and_part_sizes_are_one_line(hub_env: dict[str, str], tm
     line = one_line_error(builder("download", "--dest", str(tmp_path / "m"), *args, env=hub_env))
     assert args[0] in line, line
     assert not (tmp_path / "m").exists()
+
+
+def test_resume_points_come_from_the_record_and_the_files_size(tmp_path: Path):
+    part = tmp_path / "x.part"
+    # No record: one stream wrote it (a one-part file, or a download from before parts): all of it is a prefix.
+    part.write_bytes(b"a" * 2500)
+    assert transfer.progress_of(part, 4000, 1000) == (transfer.layout(4000, 1000), [1000, 1000, 500, 0])
+    # A record (its part size wins over the one asked for now); the part holding the file's end wrote up to it,
+    # past what the record had caught up with; a part the record credits beyond the file's end gets what is there.
+    transfer.record_path(part).write_text('{"size": 4000, "part_size": 1000, "have": [1000, 200, 100, 900]}')
+    part.write_bytes(b"a" * 3300)
+    assert transfer.progress_of(part, 4000, 64) == (transfer.layout(4000, 1000), [1000, 200, 100, 300])
+    assert transfer.missing(part, 4000) == 4000 - 1600
+    # A record of another file (another size), or one edited into nonsense: nothing is trusted.
+    for text in ('{"size": 9999, "part_size": 1000, "have": [1000]}', "{not json"):
+        transfer.record_path(part).write_text(text)
+        assert transfer.progress_of(part, 4000, 1000)[1] == [0, 0, 0, 0]
 
 
 # --- kill anywhere -------------------------------------------------------------------------------------------------
