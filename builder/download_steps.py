@@ -13,7 +13,7 @@ from builder import download as downloads
 from builder import modelfile as modelfiles
 from builder import models
 from builder.errors import UserError
-from builder.paths import check_file, check_folder
+from builder.paths import atomic_write, check_file, check_folder
 from builder.progress import DownloadProgress, human
 
 
@@ -90,10 +90,10 @@ def run(o: Request) -> Outcome:
     if modelfile is not None:
         template = selection.model.template if selection.model else None
         text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
-        downloads.atomic_write(modelfile.resolve(), text)
+        atomic_write(modelfile.resolve(), text)
         progress.note(f"wrote {modelfile}")
     if o.path_file is not None:
-        downloads.atomic_write(o.path_file.resolve(), f"{engine}\n")
+        atomic_write(o.path_file.resolve(), f"{engine}\n")
     progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
     return Outcome((str(engine),))
 

@@ -217,6 +217,8 @@ class Transfer:
                 if i is not None:
                     self._fetch(f, i)
                     with f.lock:
+                        if f.have[i] < f.parts[i].size:
+                            return  # stopped: the main thread writes the record
                         f.left -= 1
                         last = f.left == 0
                         f.write_record()
@@ -290,6 +292,8 @@ class Transfer:
                         self._advance(f, i, n)
                         if start >= part.end:
                             break
+                    if not got and start < part.end:  # an empty body is a failure too, or this would loop forever
+                        raise httpx2.RemoteProtocolError("the response ended before its first byte")
             except (httpx2.TransportError, LinkExpired) as e:
                 failures = 0 if got else failures + 1
                 if failures >= RETRIES:
