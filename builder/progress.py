@@ -94,8 +94,9 @@ class DownloadProgress:
     def note(self, text: str) -> None:
         if self.bars is not None:
             self.bars.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        else:  # one write per line: print() writes the newline apart, and another thread's line can land between
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def skip(self, n: int) -> None:
         """Bytes already in place (files verified before), counted as done from the start."""

@@ -295,6 +295,8 @@ class Transfer:
                     if not got and start < part.end:  # an empty body is a failure too, or this would loop forever
                         raise httpx2.RemoteProtocolError("the response ended before its first byte")
             except (httpx2.TransportError, LinkExpired) as e:
+                if self.stop.is_set():
+                    return  # stopping: the connection broke because of it, or does not matter any more; say nothing
                 failures = 0 if got else failures + 1
                 if failures >= RETRIES:
                     raise UserError(f"{w.path}: the download failed {RETRIES} times in a row ({type(e).__name__}: {e}); run the same command again to resume") from None
