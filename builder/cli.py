@@ -415,6 +415,10 @@ def list_models(as_json: bool) -> None:
 @click.option("--path-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Also write the engine's model path to FILE.")
 @click.option("--min-free", type=Size(), metavar="SIZE",
               help="Space to leave free after the download, e.g. 500M or 2G (default: 3% of what is written, at least 16 MiB).")
+@click.option("--connections", type=click.IntRange(1, downloads.CONNECTIONS_MAX), default=downloads.CONNECTIONS, show_default=True,
+              help="Ranged requests at once, across files and parts of a file (1 for a slow or shared link).")
+@click.option("--part-size", type=Size(), default=downloads.PART_SIZE, metavar="SIZE", show_default="64M",
+              help="Large files are fetched in parts of this size, each resumable on its own.")
 def download(**options: Any) -> None:
     """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
     into DEST, resumably and verified; print the path the engine loads."""

@@ -3,8 +3,9 @@
 Files land at DEST/<path in repo>, the layout of huggingface_hub's `local_dir`. The bytes are fetched here rather
 than with `hf_hub_download`: huggingface_hub 2.x writes each attempt to a process-unique temporary file and deletes
 it when the process fails, so a download killed at 90% (a container stopped, a host rebooted) would start over.
-Here a partial file keeps a stable name under DEST/.r1kit/partial/ and the next run asks for the rest (HTTP Range).
-The Hub API (repo info, file listing, errors, headers, token) is still huggingface_hub's.
+Here a partial file keeps a stable name under DEST/.r1kit/partial/ and the next run asks for the rest (HTTP Range),
+part by part where builder/transfer.py fetched a large file in parallel parts. The Hub API (repo info, file listing,
+errors, headers, token) and the HTTP session are still huggingface_hub's.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
-import time
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -34,10 +34,12 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers
 
+from builder import transfer
 from builder.errors import Stopped, UserError, shown
 from builder.models import Selection, describe_files
+from builder.paths import atomic_write
 from builder.progress import DownloadProgress, human
 
 MIB = 1024**2
@@ -53,7 +55,11 @@ STATE_DIR = ".r1kit"
 SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 CHUNK = 1024 * 1024
 MERGE_TOOL = "llama-gguf-split"
-RETRIES = 5  # consecutive failed attempts (no byte received) before giving up
+# Parallel ranged fetches (builder/transfer.py). Both defaults come from the benchmark in docs/PERFORMANCE.md.
+CONNECTIONS = 16
+CONNECTIONS_MAX = 32  # a bound, so that a home link (and the CDN's patience) is not flooded
+PART_SIZE = 64 * MIB
+PART_SIZE_MIN = MIB  # smaller parts are all request overhead
 
 
 @dataclass(frozen=True)
@@ -168,20 +174,6 @@ def _partial_path(dest: Path, f: RemoteFile) -> Path:
     # Keyed by content (sha256, else size) so that a changed upstream file never resumes from stale bytes.
     tag = (f.sha256 or f"size{f.size}")[:16]
     return dest / STATE_DIR / "partial" / f"{f.path.replace('/', '__')}.{tag}.part"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # readable by the engines' users, like the model files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clean_leftovers(dest: Path, selection: Selection) -> None:
@@ -300,9 +292,7 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
         return 0
     if target.is_file() and target.stat().st_size == f.size:
         return 0  # present: verified (and fetched again only if corrupt) during the download
-    part = _partial_path(dest, f)
-    have = part.stat().st_size if part.is_file() else 0
-    return max(f.size - have, 0)
+    return transfer.missing(_partial_path(dest, f), f.size)
 
 
 def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, force: bool = False,
@@ -375,87 +365,64 @@ def _intact(path: Path, f: RemoteFile) -> bool:
     return path.is_file() and path.stat().st_size == f.size and (f.sha256 is None or sha256_of(path) == f.sha256)
 
 
-def _fetch(url: str, headers: dict[str, str], part: Path, f: RemoteFile, progress: DownloadProgress) -> None:
-    """Bring `part` to f.size bytes, resuming from what it holds. Retries dropped connections and 5xx."""
-    part.parent.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        if have > f.size:
-            part.unlink()
-            have = 0
-        progress.file_bytes(have)
-        if have == f.size:
-            return
-        request = dict(headers, **({"Range": f"bytes={have}-"} if have else {}))
-        got = 0
-        try:
-            with get_session().stream("GET", url, headers=request, follow_redirects=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
-                if r.status_code == 416:  # the partial file does not fit the remote one: start over
-                    part.unlink()
-                    continue
-                if r.status_code >= 500 or r.status_code == 429:
-                    raise httpx2.RemoteProtocolError(f"HTTP {r.status_code}")
-                hf_raise_for_status(r)
-                if have and r.status_code != 206:
-                    have = 0  # the server ignored the Range header: it sends the whole file
-                with part.open("r+b" if have else "wb") as out:
-                    out.seek(have)
-                    # No chunk size: httpx then yields bytes as they arrive, so a dropped connection loses
-                    # nothing that was received (a 1 MiB buffer would lose up to 1 MiB per drop).
-                    for chunk in r.iter_bytes():
-                        out.write(chunk)
-                        got += len(chunk)
-                        progress.advance(len(chunk))
-        except httpx2.TransportError as e:
-            failures = 0 if got else failures + 1
-            if failures >= RETRIES:
-                raise UserError(f"{f.path}: the download failed {RETRIES} times in a row ({type(e).__name__}); run the same command again to resume") from None
-            progress.note(f"{f.path}: connection lost after {human(have + got)} ({type(e).__name__}), resuming")
-            time.sleep(min(2 ** failures, 30))
-
-
-def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: bool = False) -> None:
-    """Fetch every file not yet complete, verify each (sha256 or size), record it, then write the done marker."""
+def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: bool = False, connections: int = CONNECTIONS,
+          part_size: int = PART_SIZE) -> None:
+    """Fetch every file not yet complete, up to `connections` ranged requests at once; verify each (sha256 or size),
+    record it, then write the done marker."""
     state_path = _state_path(p.dest, p.selection)
     state = _read_state(state_path)
     verified: dict = state.get("files", {}) if state.get("commit") == p.commit else {}
-    headers = build_hf_headers(token=token or False)
     progress.start(p.total, len(p.files))
     try:
-        _fetch_all(p, token, progress, headers, verified, state_path, verify)
+        wanted = _check_present(p, progress, verified, state_path, verify)
+        settings = transfer.Settings(connections, part_size, p.endpoint, build_hf_headers(token=token or False))
+        lock = threading.Lock()
+
+        def finish(w: transfer.Wanted) -> None:
+            f = p.files[w.index - 1]
+            progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
+            if not _intact(w.partial, f):
+                w.partial.unlink()
+                raise UserError(f"{f.path}: the downloaded file does not match the Hub's sha256; run the same command again to fetch it anew")
+            target = target_in(p.dest, f.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            w.partial.chmod(0o644)
+            os.replace(w.partial, target)
+            _record(p, verified, state_path, f, target, lock)
+
+        with hub_errors(p.selection, token):
+            transfer.Transfer(settings, progress, finish).run(wanted)
     finally:  # stop the live bars on errors and Ctrl-C too, so the terminal is left clean
         progress.close()
     atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
 
 
-def _fetch_all(p: Plan, token: str | None, progress: DownloadProgress, headers: dict[str, str], verified: dict, state_path: Path, verify: bool) -> None:
+def _check_present(p: Plan, progress: DownloadProgress, verified: dict, state_path: Path, verify: bool) -> list[transfer.Wanted]:
+    """Files already in place: trusted (the record says verified and they did not change), verified now, or found
+    corrupt and removed. The rest, to fetch."""
+    wanted = []
     for index, f in enumerate(p.files, 1):
         target = target_in(p.dest, f.path)
-        progress.file_start(index, f.path, f.size)
-        trusted = not verify and f.path in verified and _stat_key(target) == verified[f.path]["stat"]
-        if not trusted:
-            if target.exists():
-                progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
-                if not _intact(target, f):
-                    progress.note(f"{f.path} is corrupt or incomplete (sha256 or size differs from the Hub's): fetching it again")
-                    target.unlink()
-            if not target.exists():
-                part = _partial_path(p.dest, f)
-                url = hf_hub_url(p.selection.repo, f.path, revision=p.commit, endpoint=p.endpoint)
-                with hub_errors(p.selection, token):
-                    _fetch(url, headers, part, f, progress)
-                progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
-                if not _intact(part, f):
-                    part.unlink()
-                    raise UserError(f"{f.path}: the downloaded file does not match the Hub's sha256; run the same command again to fetch it anew")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part.chmod(0o644)
-                os.replace(part, target)
-            verified[f.path] = {"size": f.size, "sha256": f.sha256, "stat": _stat_key(target)}
-            # Recorded file by file: after a crash the next run re-hashes none of the files already verified.
-            atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
-        progress.file_done()
+        if not verify and f.path in verified and _stat_key(target) == verified[f.path]["stat"]:
+            continue
+        if target.exists():
+            progress.note(f"verifying {f.path} (sha256)" if f.sha256 else f"checking {f.path} (size)")
+            if _intact(target, f):
+                _record(p, verified, state_path, f, target, None)
+                continue
+            progress.note(f"{f.path} is corrupt or incomplete (sha256 or size differs from the Hub's): fetching it again")
+            target.unlink()
+        url = hf_hub_url(p.selection.repo, f.path, revision=p.commit, endpoint=p.endpoint)
+        wanted.append(transfer.Wanted(index, f.path, f.size, url, _partial_path(p.dest, f)))
+    progress.skip(p.total - sum(w.size for w in wanted))
+    return wanted
+
+
+def _record(p: Plan, verified: dict, state_path: Path, f: RemoteFile, target: Path, lock: threading.Lock | None) -> None:
+    """A file verified: recorded at once, so that after a crash the next run re-hashes none of the files verified."""
+    with lock or nullcontext():
+        verified[f.path] = {"size": f.size, "sha256": f.sha256, "stat": _stat_key(target)}
+        atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
 
 
 def _state(p: Plan, verified: dict, *, complete: bool) -> dict:

@@ -13,7 +13,7 @@ from builder import download as downloads
 from builder import modelfile as modelfiles
 from builder import models
 from builder.errors import UserError
-from builder.paths import check_file, check_folder
+from builder.paths import atomic_write, check_file, check_folder
 from builder.progress import DownloadProgress, human
 
 
@@ -34,6 +34,8 @@ class Request:
     num_gpu: int | str | None
     path_file: Path | None
     min_free: int | None
+    connections: int
+    part_size: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def run(o: Request) -> Outcome:
     for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
         if path is not None:
             check_file(path, flag)
+    if o.part_size < downloads.PART_SIZE_MIN:
+        raise UserError(f"--part-size {human(o.part_size)} is too small: give 1M or more (each part costs a request)")
     progress = DownloadProgress()
     dest = dest.resolve()
     if not o.dry_run:
@@ -73,7 +77,7 @@ def run(o: Request) -> Outcome:
         for line in downloads.describe(plan):
             progress.note(line)
         try:
-            downloads.fetch(plan, token, progress, verify=o.verify)
+            downloads.fetch(plan, token, progress, verify=o.verify, connections=o.connections, part_size=o.part_size)
         except OSError as e:  # a disk filled by someone else meanwhile
             raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
@@ -86,10 +90,10 @@ def run(o: Request) -> Outcome:
     if modelfile is not None:
         template = selection.model.template if selection.model else None
         text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
-        downloads.atomic_write(modelfile.resolve(), text)
+        atomic_write(modelfile.resolve(), text)
         progress.note(f"wrote {modelfile}")
     if o.path_file is not None:
-        downloads.atomic_write(o.path_file.resolve(), f"{engine}\n")
+        atomic_write(o.path_file.resolve(), f"{engine}\n")
     progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
     return Outcome((str(engine),))
 

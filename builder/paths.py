@@ -1,8 +1,9 @@
-"""Where the repository's data folders (images/, stacks/) are."""
+"""Where the repository's data folders (images/, stacks/) are, and checks and writes of the paths a command is given."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from builder.errors import UserError
@@ -44,3 +45,17 @@ def check_file(path: Path, what: str) -> None:
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not a file")
     check_folder(path.parent, what)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)  # readable by the engines' users, like the model files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 
 from rich.console import Console
@@ -61,24 +63,26 @@ def human(n: float) -> str:
 
 
 class DownloadProgress:
-    """Download progress on stderr: rich bars (the current file and the total) in a terminal; elsewhere (container
-    logs, CI) a plain line per file and at most one progress line every `interval` seconds."""
+    """Download progress on stderr, safe to call from the threads that fetch parts. In a terminal: a bar for the total
+    (its speed is the total throughput) and one per file in flight, removed when the file is done. Elsewhere
+    (container logs, CI): a line when a file starts and when it is done, and at most one line for the total every
+    `interval` seconds, however many files are in flight."""
 
     def __init__(self, console: Console | None = None, interval: float = 5.0, clock=time.monotonic) -> None:
         self.console = console or Console(stderr=True, highlight=False)
         self.interval = interval
         self.clock = clock
+        self.lock = threading.Lock()
         self.bars: Progress | None = None
         self.total_task: TaskID | None = None
-        self.file_task: TaskID | None = None
-        self.total = self.n_files = self.index = self.file_size = 0
-        self.done_bytes = self.file_have = 0  # bytes of finished files; bytes of the current one
-        self.path = ""
+        self.files: dict[int, _FileShown] = {}
+        self.total = self.n_files = self.have = 0
         self.last_line = self.window_start = 0.0
         self.window_bytes = 0
 
     def start(self, total: int, n_files: int) -> None:
         self.total, self.n_files = total, n_files
+        self.last_line = self.window_start = self.clock()
         if self.console.is_terminal:
             self.bars = Progress(
                 TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True),
@@ -90,51 +94,83 @@ class DownloadProgress:
     def note(self, text: str) -> None:
         if self.bars is not None:
             self.bars.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        else:  # one write per line: print() writes the newline apart, and another thread's line can land between
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def skip(self, n: int) -> None:
+        """Bytes already in place (files verified before), counted as done from the start."""
+        with self.lock:
+            self.have += n
+            if self.bars is not None:
+                self.bars.update(self.total_task, completed=self.have)  # type: ignore[arg-type]
 
     def file_start(self, index: int, path: str, size: int) -> None:
-        self.index, self.path, self.file_size, self.file_have = index, path, size, 0
-        self.window_start, self.window_bytes = self.clock(), 0
+        shown = _FileShown(path, size, self.clock())
         if self.bars is not None:
-            if self.file_task is not None:
-                self.bars.remove_task(self.file_task)
-            self.file_task = self.bars.add_task(f"{index}/{self.n_files} {path.rsplit('/', 1)[-1]}", total=size)
-        else:
+            shown.task = self.bars.add_task(f"{index}/{self.n_files} {path.rsplit('/', 1)[-1]}", total=size)
+        with self.lock:
+            self.files[index] = shown
+        if self.bars is None:
             self.note(f"download: {index}/{self.n_files} {path} ({human(size)})")
 
-    def file_bytes(self, have: int) -> None:
-        """The current file holds `have` bytes already (a resumed partial file, or a restart after a dropped connection)."""
-        self.file_have = have
-        if have:
-            self._show(force=False)
+    def file_bytes(self, index: int, have: int) -> None:
+        """The file holds `have` bytes already (a resumed partial file)."""
+        with self.lock:
+            self.files[index].have = self.files[index].resumed = have
+            self.have += have
+        self._show(index)
 
-    def advance(self, n: int) -> None:
-        self.file_have += n
-        self.window_bytes += n
-        self._show(force=False)
+    def advance(self, index: int, n: int) -> None:
+        with self.lock:
+            self.files[index].have += n
+            self.have += n
+            self.window_bytes += n
+        self._show(index)
 
-    def file_done(self) -> None:
-        self.file_have = self.file_size
-        self._show(force=True)
-        self.done_bytes += self.file_size
-
-    def _show(self, force: bool) -> None:
+    def file_done(self, index: int) -> None:
+        with self.lock:
+            shown = self.files.pop(index)
+            self.have += shown.size - shown.have
         if self.bars is not None:
-            assert self.file_task is not None and self.total_task is not None
-            self.bars.update(self.file_task, completed=self.file_have)
-            self.bars.update(self.total_task, completed=self.done_bytes + self.file_have)
+            self.bars.remove_task(shown.task)  # type: ignore[arg-type]
+            self.bars.update(self.total_task, completed=self.have)  # type: ignore[arg-type]
             return
-        now = self.clock()
-        if not force and now - self.last_line < self.interval:
+        elapsed = self.clock() - shown.since
+        fetched = shown.size - shown.resumed
+        speed = f" {human(fetched / elapsed)}/s" if elapsed > 0 and fetched else ""
+        self.note(f"download: {index}/{self.n_files} {shown.path} 100% {human(shown.size)}/{human(shown.size)}{speed}")
+
+    def _show(self, index: int) -> None:
+        if self.bars is not None:
+            shown = self.files.get(index)
+            if shown is not None:
+                self.bars.update(shown.task, completed=shown.have)  # type: ignore[arg-type]
+            self.bars.update(self.total_task, completed=self.have)  # type: ignore[arg-type]
             return
-        self.last_line = now
-        elapsed = now - self.window_start
-        speed = f" {human(self.window_bytes / elapsed)}/s" if elapsed > 0 and self.window_bytes else ""
-        pct = 100 * self.file_have // self.file_size if self.file_size else 100
-        self.note(f"download: {self.index}/{self.n_files} {self.path} {pct}% {human(self.file_have)}/{human(self.file_size)}{speed}")
+        with self.lock:
+            now = self.clock()
+            if now - self.last_line < self.interval:
+                return
+            elapsed, window = now - self.window_start, self.window_bytes
+            self.last_line = self.window_start = now
+            self.window_bytes = 0
+            have, in_flight = self.have, len(self.files)
+        speed = f" {human(window / elapsed)}/s" if elapsed > 0 and window else ""
+        pct = 100 * have // self.total if self.total else 100
+        self.note(f"download: total {pct}% {human(have)}/{human(self.total)}{speed}, {in_flight} file(s) in flight")
 
     def close(self) -> None:
         if self.bars is not None:
             self.bars.stop()
             self.bars = None
+
+
+@dataclass
+class _FileShown:
+    path: str
+    size: int
+    since: float
+    have: int = 0
+    resumed: int = 0
+    task: TaskID | None = None

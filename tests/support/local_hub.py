@@ -9,7 +9,12 @@ The Hub is unreachable from the test machines, so the suite serves synthetic rep
 - errors as the Hub sends them: 404 + X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound; a gated repo
   answers resolve with 401 (no token) or 403 (a wrong one) + X-Error-Code GatedRepo.
 No Xet headers are sent, so clients take the plain HTTP path. Faults for resume tests: `cut` (close the
-connection after N body bytes, once per file) and `throttle` (bytes per second).
+connection after N body bytes, once per file), `throttle` (bytes per second per connection, as a CDN caps each one)
+and `total` (bytes per second across all connections: the link).
+`redirecting(ttl)` answers resolve as huggingface.co does for LFS and Xet files: a 302 (with the file's X-Linked-*
+headers) to another host, `cdn_url` (127.0.0.2, its own server), with a signed URL that expires `ttl` seconds after
+it was issued; that host answers an expired or forged one with 403, as S3 and CloudFront do. Requests to either host
+are logged with their host, Range and whether they carried an Authorization header.
 Hostile listings: a repo may hold paths such as `../../escape-Q4_K_M.gguf` or `/tmp/x.gguf` (the real Hub would
 not, a malicious mirror might); the listing names them as given and their downloads are served at the URLs a
 client ends up requesting (httpx drops `..` segments, an absolute path doubles the slash).
@@ -18,17 +23,22 @@ client ends up requesting (httpx drops `..` segments, an absolute path doubles t
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import posixpath
+import secrets
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 TEST_TOKEN = "hf_r1kit_local_test_token"  # the only token the local Hub accepts for gated repos
+CDN_HOST = "127.0.0.2"  # the host the Hub redirects to: another origin, so clients must drop the token
+STEP = 64 * 1024  # bytes per write of a response body, at most
 
 
 @dataclass(frozen=True)
@@ -37,11 +47,13 @@ class HubFile:
     data: bytes
     lfs: bool
 
-    @property
+    # Cached: every request asks for the ETags (and the repo's commit, all of them), and hashing a benchmark's
+    # gigabytes per request would make the stand-in, not the client, the bottleneck.
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def git_oid(self) -> str:
         return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
 
@@ -66,13 +78,57 @@ class Request:
     method: str
     path: str
     range: str | None
-    authorized: bool
+    authorized: bool  # carried the test token
+    host: str = ""  # the host it was sent to: the Hub's, or CDN_HOST
+    auth: bool = False  # carried any Authorization header
+    status: int = 0  # for the CDN's requests: 403 for an expired link
 
 
 @dataclass
 class Faults:
     cut: dict[str, int] = field(default_factory=dict)  # repo path -> close after this many body bytes (once)
-    throttle: float | None = None  # bytes per second per response
+    throttle: float | None = None  # bytes per second per response (a connection)
+    total: "Pace | None" = None  # bytes per second across all responses
+    ignore_range: bool = False  # answer a Range request with the whole file, as some mirrors do
+
+
+@dataclass
+class Served:
+    """Body bytes sent, and when the first and the last left: a benchmark's transfer time as the server sees it."""
+
+    bytes: int = 0
+    first: float | None = None
+    last: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.bytes += n
+            self.first = now if self.first is None else self.first
+            self.last = now
+
+    @property
+    def seconds(self) -> float:
+        return (self.last - self.first) if self.first is not None and self.last is not None else 0.0
+
+
+class Pace:
+    """Lets `rate` bytes per second through, across threads: a token bucket holding `burst` seconds' worth, as traffic
+    shapers do, so that a sender woken late (a busy machine) catches up instead of losing the time."""
+
+    def __init__(self, rate: float, burst: float = 0.05) -> None:
+        self.rate, self.burst = rate, burst
+        self.next = time.monotonic()  # when the bucket is full again (every byte asked for has passed)
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.next = max(self.next, now - self.burst) + n / self.rate
+            wait = self.next - now - self.burst
+        if wait > 0:
+            time.sleep(wait)
 
 
 class LocalHub:
@@ -82,23 +138,52 @@ class LocalHub:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[Request] = []
         self.faults = Faults()
+        self.served = Served()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.ttl: float | None = None  # set: resolve redirects to the CDN with links valid this many seconds
+        self._key = secrets.token_bytes(16)  # signs the CDN links
+        self._cdn = ThreadingHTTPServer((CDN_HOST, 0), _handler(self, cdn=True))
+        self._cdn.daemon_threads = True
+        self._cdn_thread = threading.Thread(target=self._cdn.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
 
+    @property
+    def cdn_url(self) -> str:
+        return f"http://{CDN_HOST}:{self._cdn.server_address[1]}"
+
     def __enter__(self) -> "LocalHub":
         self._thread.start()
+        self._cdn_thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in (self._server, self._cdn):
+            server.shutdown()
+            server.server_close()
+
+    def sign(self, repo_id: str, path: str, expires: float) -> str:
+        return hmac.new(self._key, f"{repo_id}\0{path}\0{expires:.3f}".encode(), hashlib.sha256).hexdigest()
+
+    def cdn_link(self, repo_id: str, path: str) -> str:
+        """A signed link to a file on the CDN host, valid for `ttl` seconds from now."""
+        expires = time.time() + (self.ttl or 0)
+        return f"{self.cdn_url}/{quote(repo_id)}/{quote(path)}?Expires={expires:.3f}&Signature={self.sign(repo_id, path, expires)}"
+
+    @contextmanager
+    def redirecting(self, ttl: float = 3600) -> Iterator["LocalHub"]:
+        """Resolve redirects LFS files to the CDN host for the duration of a test, as huggingface.co does."""
+        self.ttl = ttl
+        try:
+            yield self
+        finally:
+            self.ttl = None
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], *, gated: bool = False, lfs_min: int = 1024) -> HubRepo:
         """Files of `lfs_min` bytes or more are LFS files (with a sha256), as .gguf and .safetensors are on the Hub."""
@@ -115,16 +200,17 @@ class LocalHub:
             return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
 
     @contextmanager
-    def faulty(self, *, cut: dict[str, int] | None = None, throttle: float | None = None) -> Iterator["LocalHub"]:
+    def faulty(self, *, cut: dict[str, int] | None = None, throttle: float | None = None, total: float | None = None,
+               ignore_range: bool = False) -> Iterator["LocalHub"]:
         """Inject faults for the duration of a test; the shared (session) Hub is healthy again afterwards."""
-        self.faults = Faults(dict(cut or {}), throttle)
+        self.faults = Faults(dict(cut or {}), throttle, Pace(total) if total else None, ignore_range)
         try:
             yield self
         finally:
             self.faults = Faults()
 
 
-def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
+def _handler(hub: LocalHub, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -145,8 +231,11 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            if send_body and body:
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away: its loss
+                    pass
 
         def _json(self, value: object, send_body: bool) -> None:
             self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"}, send_body=send_body)
@@ -171,7 +260,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/") if p]
             auth = self.headers.get("Authorization", "")
-            hub.log(Request(self.command, unquote(url.path), self.headers.get("Range"), auth == f"Bearer {TEST_TOKEN}"))
+            if cdn:
+                return self._cdn(url, parts, auth, body)
+            hub.log(Request(self.command, unquote(url.path), self.headers.get("Range"), auth == f"Bearer {TEST_TOKEN}", self.headers.get("Host", ""), bool(auth)))
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo_id = "/".join(parts[2:4])
                 rest = parts[4:]
@@ -185,6 +276,23 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             if hostile is not None:
                 return self._resolve(hostile[0], "main", hostile[1], auth, body)
             self._error(404, "EntryNotFound", f"no route {url.path}", body)
+
+        def _cdn(self, url, parts: list[str], auth: str, body: bool) -> None:
+            """The host the Hub redirects to: serves a file for a link the Hub signed, until it expires."""
+            query = parse_qs(url.query)
+            repo_id, path = "/".join(parts[:2]), "/".join(parts[2:])
+            expires = float(query.get("Expires", ["0"])[0])
+            valid = hmac.compare_digest(query.get("Signature", [""])[0], hub.sign(repo_id, path, expires))
+            repo = hub.repos.get(repo_id)
+            f = repo.files.get(path) if repo else None
+            status = 403 if not valid or time.time() > expires else (200 if f else 404)
+            hub.log(Request(self.command, unquote(url.path), self.headers.get("Range"), auth == f"Bearer {TEST_TOKEN}",
+                            self.headers.get("Host", ""), bool(auth), status))
+            if status != 200:
+                message = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+                return self._send(status, message, {"Content-Type": "application/xml"}, send_body=body)
+            assert f is not None
+            self._file(f, {"ETag": f'"{f.etag}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}, body)
 
         def _normalized(self, path: str) -> tuple[str, str] | None:
             """The repo file whose resolve URL, once the client normalized its `..` segments, is `path`."""
@@ -242,8 +350,14 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             headers = {"ETag": f'"{f.etag}"', "X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             if f.lfs:
                 headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data))})
+            if f.lfs and hub.ttl is not None:
+                return self._send(302, b"", dict(headers, Location=hub.cdn_link(repo_id, f.path)), send_body=body)
+            self._file(f, headers, body)
+
+        def _file(self, f: HubFile, headers: dict[str, str], body: bool) -> None:
+            """A file's bytes, or the Range asked for (206 + Content-Range)."""
             start, end, status = 0, len(f.data) - 1, 200
-            wanted = self.headers.get("Range")
+            wanted = None if hub.faults.ignore_range else self.headers.get("Range")
             if wanted and body:
                 spec = wanted.removeprefix("bytes=").split("-")
                 start = int(spec[0])
@@ -252,19 +366,21 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(f.data)}"})
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(f.data)}"
-            chunk = f.data[start:end + 1]
+            chunk = memoryview(f.data)[start:end + 1]
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(chunk)))
             self.end_headers()
             if body:
-                self._stream(path, chunk)
+                self._stream(f.path, chunk)
 
-        def _stream(self, path: str, data: bytes) -> None:
+        def _stream(self, path: str, data: memoryview) -> None:
             faults = hub.faults
             limit = faults.cut.pop(path, None)  # one cut per file: the retry gets the rest
-            sent, step = 0, 16 * 1024
+            sent = 0
+            step = int(min(STEP, max(4096, faults.throttle / 20))) if faults.throttle else STEP  # a throttled body flows smoothly
+            pace = Pace(faults.throttle) if faults.throttle else None
             while sent < len(data):
                 if limit is not None and sent >= limit:
                     self.close_connection = True
@@ -272,12 +388,14 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                     self.connection.shutdown(2)  # drop it mid-body, as a broken network does
                     return
                 piece = data[sent:sent + (step if limit is None else min(step, limit - sent))]
+                for cap in (faults.total, pace):
+                    if cap is not None:
+                        cap.take(len(piece))
                 try:
                     self.wfile.write(piece)
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 sent += len(piece)
-                if faults.throttle:
-                    time.sleep(len(piece) / faults.throttle)
+                hub.served.add(len(piece))
 
     return Handler

@@ -230,24 +230,33 @@ def test_progress_in_a_terminal_draws_bars():
     progress = DownloadProgress(Console(file=out, force_terminal=True, width=120))
     progress.start(300, 2)
     progress.file_start(1, "DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf", 100)
-    progress.advance(100)
-    progress.file_done()
+    progress.file_start(2, "DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00002-of-00003.gguf", 200)  # two in flight
+    progress.advance(1, 100)
+    progress.advance(2, 50)
+    progress.file_done(1)
     progress.close()
     text = out.getvalue()
-    assert "1/2 DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf" in text and "total (2 files)" in text and "━" in text
+    assert "1/2 DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf" in text and "2/2 DeepSeek-R1-UD-IQ1_S-00002" in text
+    assert "total (2 files)" in text and "━" in text
 
 
 def test_plain_progress_lines_are_rate_limited():
+    """In a log: a line per file started and done, and one total line per interval however many files are in flight."""
     now = [0.0]
     lines: list[str] = []
     progress = DownloadProgress(Console(file=io.StringIO(), force_terminal=False), interval=5, clock=lambda: now[0])
     progress.note = lines.append  # type: ignore[method-assign]
-    progress.start(1000, 1)
+    progress.start(3000, 3)
+    progress.skip(1000)  # a file verified by an earlier run
     progress.file_start(1, "a.gguf", 1000)
+    progress.file_start(2, "b.gguf", 1000)
+    progress.file_bytes(2, 200)  # resumed
     for _ in range(10):
         now[0] += 1
-        progress.advance(50)
-    progress.file_done()
-    assert lines[0] == "download: 1/1 a.gguf (1000 B)"
-    assert lines[1:] == ["download: 1/1 a.gguf 25% 250 B/1000 B 50 B/s", "download: 1/1 a.gguf 50% 500 B/1000 B 50 B/s",
-                         "download: 1/1 a.gguf 100% 1000 B/1000 B 50 B/s"]
+        progress.advance(1, 50)
+        progress.advance(2, 50)
+    progress.file_done(2)
+    assert lines == ["download: 1/3 a.gguf (1000 B)", "download: 2/3 b.gguf (1000 B)",
+                     "download: total 55% 1.6 KiB/2.9 KiB 90 B/s, 2 file(s) in flight",
+                     "download: total 71% 2.1 KiB/2.9 KiB 100 B/s, 2 file(s) in flight",
+                     "download: 2/3 b.gguf 100% 1000 B/1000 B 80 B/s"]

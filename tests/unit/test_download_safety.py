@@ -253,12 +253,14 @@ def test_a_stopped_download_exits_promptly_keeps_its_partial_file_and_resumes(lo
     assert proc.returncode == status, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "run the same command again to resume" in last, err
-    (part,) = files_under(partial_dir)
-    kept = part.stat().st_size
-    assert kept > 50_000 and not (dest / SHARDS[0]).exists()
+    # The three shards are fetched at once (each one part: they are far below --part-size), each kept as it was.
+    kept = {path: (partial_dir / f"{path.replace('/', '__')}.{hub_sha(local_hub, R1_REPO, path)[:16]}.part").stat().st_size for path in SHARDS}
+    assert len(files_under(partial_dir)) == 3 and all(size > 0 for size in kept.values()), kept
+    assert max(kept.values()) > 50_000 and not any((dest / path).exists() for path in SHARDS)
     result = builder("download", "r1-671b-ud-iq1_s", "--dest", str(dest), env=hub_env, check=True)
-    ranges = [r.range for r in local_hub.requests_for(SHARDS[0]) if r.range]
-    assert ranges and int(ranges[-1].removeprefix("bytes=").split("-")[0]) == kept  # asked for the rest only
+    for path in SHARDS:
+        ranges = [r.range for r in local_hub.requests_for(path) if r.range]
+        assert ranges and int(ranges[-1].removeprefix("bytes=").split("-")[0]) == kept[path]  # asked for the rest only
     for path in SHARDS:
         assert sha256(dest / path) == hub_sha(local_hub, R1_REPO, path)
     assert result.stdout.strip() == str(dest / SHARDS[0]) and files_under(partial_dir) == []
