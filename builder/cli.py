@@ -15,6 +15,7 @@ from builder import build as builds
 from builder import catalog, ci, docker, download_steps, models, sync
 from builder import download as downloads
 from builder import tags as tagging
+from builder.bench import bench_command
 from builder.catalog import Target
 from builder.errors import Stopped, UserError, shown
 from builder.paths import check_folder, find_repo_root, repo_root
@@ -422,6 +423,9 @@ def download(**options: Any) -> None:
             click.echo("\n".join(download_steps.run(download_steps.Request(**options)).lines))
         except Stopped as e:
             raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
+
+
+main.add_command(bench_command)
 
 
 if __name__ == "__main__":
