@@ -190,7 +190,7 @@ def base_url(url: str) -> str:
 def parse_concurrency(text: str) -> tuple[int, ...]:
     """'1,4,16' -> (1, 4, 16): positive, distinct, at most CONCURRENCY_MAX, run in the order given."""
     parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p.isdigit() or len(p) > 5 for p in parts):
+    if not text.strip() or any(not (p.isascii() and p.isdigit()) or len(p) > 5 for p in parts):
         raise UserError(f"--concurrency {shown(text)} is not a comma-separated list of whole numbers, e.g. 1,4,16,64")
     levels = tuple(int(p) for p in parts)
     bad = [n for n in levels if not 1 <= n <= CONCURRENCY_MAX]
@@ -276,6 +276,9 @@ async def one_request(client: httpx2.AsyncClient, s: Settings, model: str, promp
                     if event.data.strip() == "[DONE]":
                         break
                     chunk = json.loads(event.data)
+                    if not isinstance(chunk, dict):
+                        error = f"stream error: a chunk that is not a JSON object: {event.data[:80]!r}"
+                        break
                     if chunk.get("error"):
                         error = f"stream error: {str(chunk['error'])[:200]}"
                         break
@@ -319,14 +322,15 @@ async def pick_model(client: httpx2.AsyncClient, s: Settings) -> str:
             return s.model
         raise UserError(f"{s.url}/v1/models: {_server_message(r)}: is this an OpenAI-compatible server? Name the model with --model")
     try:
-        served = [m["id"] for m in r.json()["data"]] + [a for m in r.json()["data"] for a in m.get("aliases") or []]
-    except (ValueError, KeyError, TypeError):
+        listed = r.json()["data"]
+        ids = [m["id"] for m in listed]
+        aliases = [a for m in listed for a in m.get("aliases") or []]  # llama-server's --alias
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{s.url}/v1/models did not answer with an OpenAI model list: is this an OpenAI-compatible server?") from None
     if s.model:
-        if s.model not in served:
-            raise UserError(f"model {shown(s.model)} is not served at {s.url}: it serves {', '.join(served[:8]) or 'none'}")
+        if s.model not in ids + aliases:
+            raise UserError(f"model {shown(s.model)} is not served at {s.url}: it serves {', '.join(ids[:8]) or 'none'}")
         return s.model
-    ids = [m["id"] for m in r.json()["data"]]
     if len(ids) != 1:
         raise UserError(f"{s.url} serves {len(ids)} models ({', '.join(ids[:8])}): choose one with --model")
     return ids[0]

@@ -65,6 +65,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize(("args", "message"), [
     (["--concurrency", "1,x"], r"--concurrency '1,x' is not a comma-separated list of whole numbers"),
     (["--concurrency", ""], r"is not a comma-separated list"),
+    (["--concurrency", "1,²"], r"is not a comma-separated list"),
     (["--concurrency", "0,4"], r"--concurrency '0,4': 0 is out of range \(1 to 4096\)"),
     (["--concurrency", "4,4"], r"names a level twice"),
     (["--requests", "0"], r"Invalid value for '--requests': 0 is not in the range x>=1"),
