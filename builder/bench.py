@@ -495,7 +495,9 @@ def plot(result: Result, path: Path) -> None:
     each = left.twinx()
     per = each.plot(xs, [lv.decode_rate for lv in result.levels], "s--", color="tab:green", label="decode tokens/s, per request")
     each.set_ylabel("decode tokens/s, per request")
-    left.legend(handles=total + per, loc="upper left")
+    left.set_ylim(bottom=0)
+    each.set_ylim(bottom=0)
+    left.legend(handles=total + per, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     left.set_title("throughput")
     for name, color in (("ttft", "tab:orange"), ("itl", "tab:purple")):
         for q, style in (("p50", "o-"), ("p99", "s:")):
