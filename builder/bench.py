@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ WORDS = ("time", "year", "people", "way", "day", "man", "thing", "woman", "life"
          "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend",
          "father", "power", "hour", "game", "line", "end", "member", "law")
 CALIBRATION_WORDS = (8, 24)  # two setup prompts: tokens = overhead + per_word * words, fitted through both
+# Engines' Prometheus counters of output tokens at /metrics: llama-server (with --metrics), vLLM, SGLang.
+TOKEN_COUNTERS = ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total", "sglang:generation_tokens_total")
+METRIC = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
 Api = Literal["chat", "completions"]
 
 
@@ -138,6 +142,8 @@ class Level:
     engine_decode_rate: float | None  # the same from the engine's own timings: sum(predicted_n - 1) / sum(predicted_ms)
     engine_prompt_time: Stat | None  # the engine's own prompt processing time per request (timings.prompt_ms)
     samples: tuple[Sample, ...]
+    # Output tokens by the engine's own /metrics counter over the level (TOKEN_COUNTERS); None where it has none.
+    engine_output_tokens: int | None = None
 
 
 def summarize(concurrency: int, samples: list[Sample]) -> Level:
@@ -391,6 +397,18 @@ class Result:
     levels: tuple[Level, ...]
 
 
+async def engine_tokens(client: httpx2.AsyncClient) -> float | None:
+    """The engine's output-token counter (summed over its label sets, e.g. vLLM's per model), or None."""
+    try:
+        r = await client.get("/metrics")
+    except httpx2.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    values = [float(m[2]) for m in METRIC.finditer(r.text) if m[1] in TOKEN_COUNTERS]
+    return sum(values) if values else None
+
+
 async def run(s: Settings, progress: CountProgress) -> Result:
     headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
     limits = httpx2.Limits(max_connections=max(s.concurrency), max_keepalive_connections=max(s.concurrency))
@@ -401,9 +419,12 @@ async def run(s: Settings, progress: CountProgress) -> Result:
         levels = []
         first = 0
         for c in s.concurrency:
+            before = await engine_tokens(client)
             samples = await run_level(client, s, model, cal.words, c, first, progress)
+            after = await engine_tokens(client)
             first += len(samples)
-            level = summarize(c, samples)
+            counted = None if before is None or after is None else round(after - before)
+            level = dataclasses.replace(summarize(c, samples), engine_output_tokens=counted)
             progress.done(line(level))
             levels.append(level)
     if all(level.errors == level.requests for level in levels):
@@ -447,6 +468,13 @@ def table(result: Result) -> str:
         "Output tokens counted from " + ("the server's usage" if counted == "usage" else
                                          f"{counted} (where a server sends no usage, one token per text chunk: a lower bound)") + ".",
     ]
+    by_engine = [lv for lv in result.levels if lv.engine_output_tokens is not None]
+    if by_engine:
+        differ = [f"concurrency {lv.concurrency}: {lv.engine_output_tokens} against {lv.output_tokens}" for lv in by_engine
+                  if lv.engine_output_tokens != lv.output_tokens]
+        notes.append("The engine's own count of output tokens (its /metrics) " + (
+            "equals the bench's at every level." if not differ else
+            "differs (other clients' requests, or a failed request's tokens, count there too): " + "; ".join(differ) + "."))
     errors = [f"concurrency {lv.concurrency}: {lv.first_error}" for lv in result.levels if lv.errors]
     if errors:
         notes.append("First error per level: " + "; ".join(errors) + ".")
