@@ -24,7 +24,7 @@ API_KEY = "bench-key-not-secret"
 PROMPT_TOKENS, MAX_TOKENS, REQUESTS = 72, 32, 8
 # How far the bench's decode speed may stray from the engine's. Both time the same tokens of the same requests;
 # the client's clock also holds the network and its own event loop at the first and the last token: a few ms
-# (tens when the 2 cores are busy with other work) against the 1 to 5 s each request decodes here.
+# (tens when the 2 cores are busy with other work) against the 0.4 to 2 s each request decodes here.
 DECODE_MARGIN = 0.10
 
 
