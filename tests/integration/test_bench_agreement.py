@@ -134,3 +134,15 @@ def test_bad_input_against_the_server_fails_in_one_line(server: tuple[str, Path]
     assert run.returncode == 2
     assert re.fullmatch(rf"error: .*{message}.*\n", run.stderr), run.stderr
     assert run.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_completions_api(server: tuple[str, Path], tmp_path: Path):
+    """--api completions: raw prompts to /v1/completions, counted and timed the same way."""
+    url, key_file = server
+    run = bench(url, "--api", "completions", "--api-key-file", str(key_file), "--concurrency", "2", "--requests", "2",
+                "--prompt-tokens", "40", "--max-tokens", "8", "--json", str(tmp_path / "c.json"))
+    assert run.returncode == 0, run.stderr
+    assert "(completions API, streaming)" in run.stdout
+    (level,) = json.loads((tmp_path / "c.json").read_text())["levels"]
+    assert level["errors"] == 0 and level["counted"] == "usage" and level["engine_output_tokens"] == level["output_tokens"] == 2 * 8
+    assert all(r["engine"]["predicted_n"] == 8 and r["ttft"] is not None for r in level["requests_detail"])
