@@ -1,15 +1,17 @@
 """`builder bench` without Docker: its statistics, its input checks (one line, exit 2, nothing written), a server
-that sends no usage, and that `builder` starts without matplotlib. Its agreement with a real engine's accounting is
+that sends no usage, Ctrl-C, and that `builder` starts without matplotlib. Its agreement with a real engine's accounting is
 tests/integration/test_bench_agreement.py."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -159,3 +161,17 @@ def test_api_key_file_holds_one_key(tmp_path: Path):
         bench.read_api_key(key)
     key.write_text("sk-1\n")
     assert bench.read_api_key(key) == "sk-1"
+
+
+def test_ctrl_c_stops_it_in_one_line_with_nothing_written(no_usage_server: str, tmp_path: Path):
+    out = tmp_path / "b.json"
+    # Far more requests than run in the 2 s before the signal.
+    run = subprocess.Popen([sys.executable, "-m", "builder.cli", "bench", no_usage_server, "--concurrency", "1",
+                            "--requests", "1000000", "--prompt-tokens", "8", "--max-tokens", "2", "--json", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "error: interrupted (SIGINT)" and stdout == ""
+    assert not out.exists() and list(tmp_path.iterdir()) == []
