@@ -182,7 +182,7 @@ def summarize(concurrency: int, samples: list[Sample]) -> Level:
 
 
 def base_url(url: str) -> str:
-    """http(s)://HOST[:PORT][/PREFIX], without a trailing /v1: the user may give either."""
+    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole."""
     try:
         u = httpx2.URL(url)
     except (httpx2.InvalidURL, TypeError, ValueError):
@@ -190,7 +190,10 @@ def base_url(url: str) -> str:
     if u is None or u.scheme not in ("http", "https") or not u.host:
         raise UserError(f"URL {shown(url)} is not an http(s) URL: give the server's address, e.g. http://127.0.0.1:8080")
     text = str(u).rstrip("/")
-    return text[: -len("/v1")] if text.endswith("/v1") else text
+    for tail in ("/v1/chat/completions", "/v1/completions", "/v1"):
+        if text.endswith(tail):
+            return text[: -len(tail)]
+    return text
 
 
 def parse_concurrency(text: str) -> tuple[int, ...]:

@@ -51,7 +51,7 @@ def test_concurrency_lists(text: str, levels: tuple[int, ...]):
 
 @pytest.mark.parametrize(("url", "base"), [
     ("http://127.0.0.1:8080", "http://127.0.0.1:8080"), ("http://127.0.0.1:8080/v1/", "http://127.0.0.1:8080"),
-    ("https://gpu.example/llm/v1", "https://gpu.example/llm"),
+    ("https://gpu.example/llm/v1", "https://gpu.example/llm"), ("http://h:8000/v1/chat/completions", "http://h:8000"),
 ])
 def test_base_url_takes_the_server_or_its_v1(url: str, base: str):
     assert bench.base_url(url) == base
