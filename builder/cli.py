@@ -144,6 +144,9 @@ def main() -> None:
     """Build the images and run the stacks that self-host DeepSeek-R1."""
 
 
+main.add_command(bench_command)  # builder/bench.py: its options live there
+
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (the images workflow's build matrix).")
 def list_targets(as_json: bool) -> None:
@@ -423,9 +426,6 @@ def download(**options: Any) -> None:
             click.echo("\n".join(download_steps.run(download_steps.Request(**options)).lines))
         except Stopped as e:
             raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
-
-
-main.add_command(bench_command)
 
 
 if __name__ == "__main__":
