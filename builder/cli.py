@@ -16,6 +16,7 @@ from builder import catalog, ci, docker, download_steps, envfile, hardware, mode
 from builder import plan as planning
 from builder import download as downloads
 from builder import tags as tagging
+from builder.bench import bench_command
 from builder.catalog import Target
 from builder.errors import Stopped, UserError, shown
 from builder.paths import check_folder, find_repo_root, repo_root
@@ -142,6 +143,9 @@ def release_flag(f):
 @click.group(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Build the images and run the stacks that self-host DeepSeek-R1."""
+
+
+main.add_command(bench_command)  # builder/bench.py: its options live there
 
 
 @main.command("list")

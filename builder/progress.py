@@ -174,3 +174,57 @@ class _FileShown:
     have: int = 0
     resumed: int = 0
     task: TaskID | None = None
+
+
+class CountProgress:
+    """Progress through steps of counted work (a benchmark's levels of N requests) on stderr: a rich bar per step in
+    a terminal; elsewhere a plain line per step and at most one count line every `interval` seconds."""
+
+    def __init__(self, name: str, console: Console | None = None, interval: float = 10.0, clock=time.monotonic) -> None:
+        self.name = name
+        self.console = console or Console(stderr=True, highlight=False)
+        self.interval = interval
+        self.clock = clock
+        self.bars: Progress | None = None
+        self.task: TaskID | None = None
+        self.label = ""
+        self.total = self.count = self.failed = 0
+        self.last_line = 0.0
+
+    def start(self, label: str, total: int) -> None:
+        self.label, self.total, self.count, self.failed = label, total, 0, 0
+        self.last_line = self.clock()
+        if self.console.is_terminal:
+            if self.bars is None:
+                self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(), console=self.console)
+                self.bars.start()
+            self.task = self.bars.add_task(f"{self.name}: {label}", total=total)
+        else:
+            self.note(f"{self.name}: {label}: {total} requests")
+
+    def advance(self, ok: bool) -> None:
+        self.count += 1
+        self.failed += not ok
+        if self.bars is not None:
+            assert self.task is not None
+            self.bars.update(self.task, completed=self.count, description=f"{self.name}: {self.label}" + (f" ({self.failed} failed)" if self.failed else ""))
+            return
+        now = self.clock()
+        if now - self.last_line >= self.interval:
+            self.last_line = now
+            self.note(f"{self.name}: {self.label}: {self.count}/{self.total}" + (f", {self.failed} failed" if self.failed else ""))
+
+    def done(self, summary: str) -> None:
+        self.note(f"{self.name}: {summary}")
+
+    def note(self, text: str) -> None:
+        if self.bars is not None:
+            self.bars.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None

@@ -1,0 +1,604 @@
+"""`builder bench`: an OpenAI-compatible load generator. Per concurrency level it streams N requests, C at a time,
+and reports requests/s, output tokens/s, time to first token, inter-token latency and errors, as a Markdown table,
+JSON and a PNG plot. How it measures, and how far its numbers agree with the engine's own: docs/DESIGN.md."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import httpx2
+
+from builder.errors import UserError, shown
+from builder.paths import check_file
+from builder.progress import CountProgress
+
+CONCURRENCY_MAX = 4096
+REQUESTS_PER_SLOT = 4  # default requests per level: each slot serves several in turn, so the level runs full
+REQUESTS_MIN = 16
+# Prompts are random picks of these words, different per request, so that no request reuses another's prompt
+# from the engine's prefix cache (only the chat template's own tokens repeat).
+WORDS = ("time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school",
+         "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week",
+         "company", "system", "program", "question", "work", "government", "number", "night", "point", "home",
+         "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book",
+         "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend",
+         "father", "power", "hour", "game", "line", "end", "member", "law")
+CALIBRATION_WORDS = (8, 24)  # two setup prompts: tokens = overhead + per_word * words, fitted through both
+# Engines' Prometheus counters of output tokens at /metrics: llama-server (with --metrics), vLLM, SGLang.
+TOKEN_COUNTERS = ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total", "sglang:generation_tokens_total")
+METRIC = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
+Api = Literal["chat", "completions"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str  # the server's base URL, without /v1
+    model: str | None
+    concurrency: tuple[int, ...]
+    requests: int | None  # per level; None: REQUESTS_PER_SLOT x concurrency, at least REQUESTS_MIN
+    prompt_tokens: int
+    max_tokens: int
+    api: Api = "chat"
+    ignore_eos: bool = True
+    api_key: str | None = None
+    timeout: float = 600.0
+    seed: int = 0
+
+    def requests_for(self, concurrency: int) -> int:
+        return self.requests or max(REQUESTS_MIN, REQUESTS_PER_SLOT * concurrency)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request, its times in seconds from the level's start."""
+
+    start: float
+    end: float
+    error: str = ""
+    first_token: float | None = None  # arrival of the first chunk carrying text
+    last_token: float | None = None  # arrival of the chunk that finished generation (finish_reason), else the last text
+    gaps: tuple[float, ...] = ()  # between successive chunks carrying text
+    chunks: int = 0  # chunks carrying text
+    output_tokens: int = 0  # usage.completion_tokens where the server sent it, else `chunks`
+    prompt_tokens: int | None = None  # usage.prompt_tokens
+    counted: Literal["usage", "chunks"] = "chunks"
+    engine: dict[str, float] | None = None  # llama-server's `timings` from the last chunk
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+    @property
+    def decode_time(self) -> float | None:
+        """From the first token to the last: what the engine spends on the other output_tokens - 1."""
+        if self.first_token is None or self.last_token is None or self.output_tokens < 2:
+            return None
+        return self.last_token - self.first_token
+
+    @property
+    def tpot(self) -> float | None:
+        d = self.decode_time
+        return None if d is None else d / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """p50, p99 and mean of some samples (seconds); n = 0 when there were none."""
+
+    n: int
+    p50: float | None
+    p99: float | None
+    mean: float | None
+
+    @classmethod
+    def of(cls, xs: list[float]) -> "Stat":
+        if not xs:
+            return cls(0, None, None, None)
+        return cls(len(xs), percentile(xs, 50), percentile(xs, 99), statistics.fmean(xs))
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default), so that p99 of few samples is not just max."""
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+@dataclass(frozen=True)
+class Level:
+    concurrency: int
+    requests: int
+    errors: int
+    first_error: str
+    duration: float  # first request sent to last one finished, seconds
+    request_rate: float  # finished requests / duration
+    output_rate: float  # output tokens of finished requests / duration
+    output_tokens: int
+    prompt_tokens_mean: float | None
+    counted: str  # "usage", "chunks", or "usage, chunks" where servers mixed
+    ttft: Stat
+    itl: Stat  # gaps between successive text chunks, pooled over the level's requests
+    tpot: Stat  # per request: decode time / (output tokens - 1)
+    e2e: Stat
+    decode_rate: float | None  # client side: sum(output tokens - 1) / sum(decode time), tokens/s per request
+    engine_decode_rate: float | None  # the same from the engine's own timings: sum(predicted_n - 1) / sum(predicted_ms)
+    engine_prompt_time: Stat | None  # the engine's own prompt processing time per request (timings.prompt_ms)
+    samples: tuple[Sample, ...]
+    # Output tokens by the engine's own /metrics counter over the level (TOKEN_COUNTERS); None where it has none.
+    engine_output_tokens: int | None = None
+
+
+def summarize(concurrency: int, samples: list[Sample]) -> Level:
+    ok = [s for s in samples if s.ok]
+    duration = max(s.end for s in samples) - min(s.start for s in samples)
+    tokens = sum(s.output_tokens for s in ok)
+    prompts = [s.prompt_tokens for s in ok if s.prompt_tokens is not None]
+    decoding = [s for s in ok if s.decode_time is not None]
+    decode_time = sum(s.decode_time for s in decoding)  # type: ignore[misc]
+    timed = [s.engine for s in ok if s.engine and "predicted_ms" in s.engine and "predicted_n" in s.engine]
+    engine_ms = sum(e["predicted_ms"] for e in timed if e["predicted_n"] > 1)
+    return Level(
+        concurrency=concurrency,
+        requests=len(samples),
+        errors=len(samples) - len(ok),
+        first_error=next((s.error for s in samples if s.error), ""),
+        duration=duration,
+        request_rate=len(ok) / duration if duration > 0 else 0.0,
+        output_rate=tokens / duration if duration > 0 else 0.0,
+        output_tokens=tokens,
+        prompt_tokens_mean=statistics.fmean(prompts) if prompts else None,
+        counted=", ".join(sorted({s.counted for s in ok})),
+        ttft=Stat.of([s.ttft for s in ok if s.ttft is not None]),
+        itl=Stat.of([g for s in ok for g in s.gaps]),
+        tpot=Stat.of([s.tpot for s in ok if s.tpot is not None]),
+        e2e=Stat.of([s.end - s.start for s in ok]),
+        decode_rate=sum(s.output_tokens - 1 for s in decoding) / decode_time if decode_time > 0 else None,
+        engine_decode_rate=(sum(e["predicted_n"] - 1 for e in timed if e["predicted_n"] > 1) * 1000 / engine_ms
+                            if timed and len(timed) == len(ok) and engine_ms > 0 else None),
+        engine_prompt_time=Stat.of([e["prompt_ms"] / 1000 for e in timed if "prompt_ms" in e]) if timed else None,
+        samples=tuple(samples),
+    )
+
+
+# --- input --------------------------------------------------------------------------------------------------------
+
+
+def base_url(url: str) -> str:
+    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole."""
+    try:
+        u = httpx2.URL(url)
+    except (httpx2.InvalidURL, TypeError, ValueError):
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not u.host:
+        raise UserError(f"URL {shown(url)} is not an http(s) URL: give the server's address, e.g. http://127.0.0.1:8080")
+    text = str(u).rstrip("/")
+    for tail in ("/v1/chat/completions", "/v1/completions", "/v1"):
+        if text.endswith(tail):
+            return text[: -len(tail)]
+    return text
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16): positive, distinct, at most CONCURRENCY_MAX, run in the order given."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not (p.isascii() and p.isdigit()) or len(p) > 5 for p in parts):
+        raise UserError(f"--concurrency {shown(text)} is not a comma-separated list of whole numbers, e.g. 1,4,16,64")
+    levels = tuple(int(p) for p in parts)
+    bad = [n for n in levels if not 1 <= n <= CONCURRENCY_MAX]
+    if bad:
+        raise UserError(f"--concurrency {shown(text)}: {bad[0]} is out of range (1 to {CONCURRENCY_MAX})")
+    if len(set(levels)) != len(levels):
+        raise UserError(f"--concurrency {shown(text)} names a level twice")
+    return levels
+
+
+def check_requests(requests: int | None, levels: tuple[int, ...]) -> None:
+    if requests is None:
+        return
+    short = [c for c in levels if c > requests]
+    if short:
+        raise UserError(f"--requests {requests} is fewer than concurrency {short[0]}: that level would never have {short[0]} "
+                        f"requests in flight; give --requests {max(levels)} or more, or leave it out ({REQUESTS_PER_SLOT} per slot)")
+
+
+def read_api_key(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+    except OSError as e:
+        raise UserError(f"--api-key-file {path}: {e.strerror or e}") from None
+    if not key or any(c.isspace() for c in key):
+        raise UserError(f"--api-key-file {path}: expected one key on one line")
+    return key
+
+
+# --- the client -----------------------------------------------------------------------------------------------------
+
+
+def _server_message(r: httpx2.Response) -> str:
+    """The error an OpenAI-compatible server put in its body ({"error": {"message": ...}}), else the status."""
+    try:
+        body = r.json()
+        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error") or body.get("detail") or body.get("message")
+    except (ValueError, AttributeError, KeyError, TypeError):
+        message = None
+    return f"HTTP {r.status_code}" + (f": {' '.join(str(message).split())[:200]}" if message else "")
+
+
+def prompt_text(seed: int, index: int, words: int) -> str:
+    rng = random.Random(f"{seed}:{index}")
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def request_body(s: Settings, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    if s.api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if s.ignore_eos:  # vLLM, SGLang and llama-server take it: every request then yields exactly max_tokens
+        body["ignore_eos"] = True
+    return body
+
+
+def _text(choice: dict[str, Any]) -> str:
+    """The text a streamed choice carries: chat content, a reasoning model's thinking (R1's, split out by
+    --reasoning-format / --reasoning-parser: `reasoning_content` or, newer, `reasoning`), or a completion's text."""
+    delta = choice.get("delta") or {}
+    return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or choice.get("text") or ""
+
+
+async def one_request(client: httpx2.AsyncClient, s: Settings, model: str, prompt: str, max_tokens: int, t0: float) -> Sample:
+    path = "/v1/chat/completions" if s.api == "chat" else "/v1/completions"
+    start = time.perf_counter() - t0
+    times: list[float] = []
+    finished: float | None = None
+    usage: dict[str, Any] = {}
+    engine: dict[str, float] | None = None
+    error = ""
+    try:
+        async with client.sse(path, method="POST", json=request_body(s, model, prompt, max_tokens)) as events:
+            r = events.response
+            if r.status_code != 200:
+                await r.aread()
+                error = _server_message(r)
+            else:
+                async for event in events:
+                    now = time.perf_counter() - t0
+                    if event.data.strip() == "[DONE]":
+                        break
+                    chunk = json.loads(event.data)
+                    if not isinstance(chunk, dict):
+                        error = f"stream error: a chunk that is not a JSON object: {event.data[:80]!r}"
+                        break
+                    if chunk.get("error"):
+                        error = f"stream error: {str(chunk['error'])[:200]}"
+                        break
+                    for choice in chunk.get("choices") or []:
+                        if _text(choice):
+                            times.append(now)
+                        if choice.get("finish_reason"):
+                            finished = now
+                    usage = chunk.get("usage") or usage
+                    engine = chunk.get("timings") or engine
+    except (httpx2.HTTPError, json.JSONDecodeError) as e:
+        error = f"{type(e).__name__}: {str(e)[:200] or 'no detail'}"
+    end = time.perf_counter() - t0
+    counted_usage = isinstance(usage.get("completion_tokens"), int)
+    if not error and not times and not (counted_usage and usage["completion_tokens"] > 0):
+        error = "the stream carried no text and no usage"
+    return Sample(
+        start=start, end=end, error=error,
+        first_token=times[0] if times else None,
+        last_token=finished if finished is not None and times else (times[-1] if times else None),
+        gaps=tuple(b - a for a, b in zip(times, times[1:])),
+        chunks=len(times),
+        output_tokens=usage["completion_tokens"] if counted_usage else len(times),
+        prompt_tokens=usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None,
+        counted="usage" if counted_usage else "chunks",
+        engine=engine if isinstance(engine, dict) else None,
+    )
+
+
+async def pick_model(client: httpx2.AsyncClient, s: Settings) -> str:
+    """The model to ask for: --model, checked against /v1/models; or the one model the server lists."""
+    try:
+        r = await client.get("/v1/models")
+    except httpx2.HTTPError as e:
+        raise UserError(f"{s.url} does not answer ({type(e).__name__}: {str(e)[:120] or 'no detail'}): is the server up, "
+                        "and are the host and port right?") from None
+    if r.status_code in (401, 403):
+        raise UserError(f"{s.url}/v1/models: {_server_message(r)}: the server wants an API key; give --api-key-file")
+    if r.status_code != 200:
+        if s.model:  # a server without the listing can still serve the model named
+            return s.model
+        raise UserError(f"{s.url}/v1/models: {_server_message(r)}: is this an OpenAI-compatible server? Name the model with --model")
+    try:
+        listed = r.json()["data"]
+        ids = [m["id"] for m in listed]
+        aliases = [a for m in listed for a in m.get("aliases") or []]  # llama-server's --alias
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{s.url}/v1/models did not answer with an OpenAI model list: is this an OpenAI-compatible server?") from None
+    if s.model:
+        if s.model not in ids + aliases:
+            raise UserError(f"model {shown(s.model)} is not served at {s.url}: it serves {', '.join(ids[:8]) or 'none'}")
+        return s.model
+    if len(ids) != 1:
+        raise UserError(f"{s.url} serves {len(ids)} models ({', '.join(ids[:8])}): choose one with --model")
+    return ids[0]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How many words make a prompt of --prompt-tokens tokens, fitted from two setup requests' usage (which also
+    warm the server up: its first request pays for allocations that no later one does)."""
+
+    words: int
+    overhead: float | None  # tokens the template adds; None where the server sent no usage
+    per_word: float | None
+    output_tokens: int  # what the setup requests generated (the engine counts them too)
+
+
+async def calibrate(client: httpx2.AsyncClient, s: Settings, model: str) -> Calibration:
+    samples = [await one_request(client, s, model, prompt_text(s.seed, -1 - i, n), 1, time.perf_counter())
+               for i, n in enumerate(CALIBRATION_WORDS)]
+    for sample in samples:
+        if sample.error:
+            raise UserError(f"{s.url}: the first request failed ({sample.error})")
+    made = sum(x.output_tokens for x in samples)
+    a, b = (x.prompt_tokens for x in samples)
+    if a is None or b is None or b <= a:
+        return Calibration(max(1, s.prompt_tokens), None, None, made)  # no usage: one token a word, said in the report
+    per_word = (b - a) / (CALIBRATION_WORDS[1] - CALIBRATION_WORDS[0])
+    overhead = a - per_word * CALIBRATION_WORDS[0]
+    words = round((s.prompt_tokens - overhead) / per_word)
+    if words < 1:
+        raise UserError(f"--prompt-tokens {s.prompt_tokens} is fewer than the {overhead:.0f} tokens the server's template adds to any prompt")
+    return Calibration(words, overhead, per_word, made)
+
+
+async def run_level(client: httpx2.AsyncClient, s: Settings, model: str, words: int, concurrency: int, first: int,
+                    progress: CountProgress) -> list[Sample]:
+    n = s.requests_for(concurrency)
+    todo = iter(range(first, first + n))
+    samples: list[Sample] = []
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        for index in todo:  # one shared iterator: each request is taken by exactly one worker
+            sample = await one_request(client, s, model, prompt_text(s.seed, index, words), s.max_tokens, t0)
+            samples.append(sample)
+            progress.advance(sample.ok)
+
+    progress.start(f"concurrency {concurrency}", n)
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples
+
+
+@dataclass(frozen=True)
+class Result:
+    settings: Settings
+    model: str
+    calibration: Calibration
+    levels: tuple[Level, ...]
+
+
+async def engine_tokens(client: httpx2.AsyncClient) -> float | None:
+    """The engine's output-token counter (summed over its label sets, e.g. vLLM's per model), or None."""
+    try:
+        r = await client.get("/metrics")
+    except httpx2.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    values = [float(m[2]) for m in METRIC.finditer(r.text) if m[1] in TOKEN_COUNTERS]
+    return sum(values) if values else None
+
+
+async def run(s: Settings, progress: CountProgress) -> Result:
+    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    limits = httpx2.Limits(max_connections=max(s.concurrency), max_keepalive_connections=max(s.concurrency))
+    timeout = httpx2.Timeout(s.timeout, connect=10.0)
+    async with httpx2.AsyncClient(base_url=s.url, headers=headers, limits=limits, timeout=timeout) as client:
+        model = await pick_model(client, s)
+        cal = await calibrate(client, s, model)
+        levels = []
+        first = 0
+        for c in s.concurrency:
+            before = await engine_tokens(client)
+            samples = await run_level(client, s, model, cal.words, c, first, progress)
+            after = await engine_tokens(client)
+            first += len(samples)
+            counted = None if before is None or after is None else round(after - before)
+            level = dataclasses.replace(summarize(c, samples), engine_output_tokens=counted)
+            progress.done(line(level))
+            levels.append(level)
+    if all(level.errors == level.requests for level in levels):
+        raise UserError(f"every request failed, e.g. {levels[0].first_error}")
+    return Result(s, model, cal, tuple(levels))
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.1f}"
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def line(level: Level) -> str:
+    return (f"concurrency {level.concurrency}: {level.requests - level.errors}/{level.requests} ok, {level.request_rate:.2f} req/s, "
+            f"{level.output_rate:.1f} output tok/s, TTFT p50 {_ms(level.ttft.p50)} ms, ITL p50 {_ms(level.itl.p50)} ms")
+
+
+def table(result: Result) -> str:
+    engine = any(level.engine_decode_rate is not None for level in result.levels)
+    head = ["concurrency", "requests", "errors", "req/s", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms",
+            "ITL p99 ms", "decode tok/s per request"] + (["engine's decode tok/s"] if engine else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+    for lv in result.levels:
+        cells = [str(lv.concurrency), str(lv.requests), str(lv.errors), f"{lv.request_rate:.2f}", f"{lv.output_rate:.1f}",
+                 _ms(lv.ttft.p50), _ms(lv.ttft.p99), _ms(lv.itl.p50), _ms(lv.itl.p99), _rate(lv.decode_rate)]
+        rows.append("| " + " | ".join(cells + ([_rate(lv.engine_decode_rate)] if engine else [])) + " |")
+    s, cal = result.settings, result.calibration
+    prompt = statistics.fmean(lv.prompt_tokens_mean for lv in result.levels if lv.prompt_tokens_mean is not None) \
+        if any(lv.prompt_tokens_mean is not None for lv in result.levels) else None
+    counted = ", ".join(sorted({c for lv in result.levels for c in lv.counted.split(", ") if c}))
+    notes = [
+        f"{result.model} at {s.url} ({s.api} API, streaming): prompts of "
+        + (f"{prompt:.0f} tokens" if prompt is not None else f"{cal.words} words (the server reported no prompt tokens)")
+        + f", up to {s.max_tokens} output tokens" + (" (ignore_eos)" if s.ignore_eos else "") + ".",
+        "Output tokens counted from " + ("the server's usage" if counted == "usage" else
+                                         f"{counted} (where a server sends no usage, one token per text chunk: a lower bound)") + ".",
+    ]
+    by_engine = [lv for lv in result.levels if lv.engine_output_tokens is not None]
+    if by_engine:
+        differ = [f"concurrency {lv.concurrency}: {lv.engine_output_tokens} against {lv.output_tokens}" for lv in by_engine
+                  if lv.engine_output_tokens != lv.output_tokens]
+        notes.append("The engine's own count of output tokens (its /metrics) " + (
+            "equals the bench's at every level." if not differ else
+            "differs (other clients' requests, or a failed request's tokens, count there too): " + "; ".join(differ) + "."))
+    errors = [f"concurrency {lv.concurrency}: {lv.first_error}" for lv in result.levels if lv.errors]
+    if errors:
+        notes.append("First error per level: " + "; ".join(errors) + ".")
+    return "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _stat(st: Stat | None) -> dict[str, Any] | None:
+    return None if st is None else dataclasses.asdict(st)
+
+
+def to_json(result: Result) -> dict[str, Any]:
+    s = result.settings
+    return {
+        "url": s.url,
+        "model": result.model,
+        "settings": {k: v for k, v in dataclasses.asdict(s).items() if k not in ("url", "api_key")},
+        "calibration": dataclasses.asdict(result.calibration),
+        "units": "seconds; rates per second",
+        "levels": [
+            {
+                **{f.name: getattr(lv, f.name) for f in dataclasses.fields(lv) if f.name not in ("samples",) and not isinstance(getattr(lv, f.name), Stat)},
+                **{name: _stat(getattr(lv, name)) for name in ("ttft", "itl", "tpot", "e2e", "engine_prompt_time")},
+                "requests_detail": [
+                    {"start": x.start, "end": x.end, "ttft": x.ttft, "decode_time": x.decode_time, "output_tokens": x.output_tokens,
+                     "chunks": x.chunks, "prompt_tokens": x.prompt_tokens, "counted": x.counted, "error": x.error, "engine": x.engine}
+                    for x in lv.samples
+                ],
+            }
+            for lv in result.levels
+        ],
+    }
+
+
+def plot(result: Result, path: Path) -> None:
+    """Throughput and latency against concurrency, side by side."""
+    import matplotlib  # lazily: `builder` starts without it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [lv.concurrency for lv in result.levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    # Total throughput against what each request sees: the trade a concurrency level makes.
+    total = left.plot(xs, [lv.output_rate for lv in result.levels], "o-", color="tab:blue", label="output tokens/s, all requests")
+    left.set_ylabel("output tokens/s, all requests")
+    each = left.twinx()
+    per = each.plot(xs, [lv.decode_rate for lv in result.levels], "s--", color="tab:green", label="decode tokens/s, per request")
+    each.set_ylabel("decode tokens/s, per request")
+    left.set_ylim(bottom=0)
+    each.set_ylim(bottom=0)
+    left.legend(handles=total + per, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    left.set_title("throughput")
+    for name, color in (("ttft", "tab:orange"), ("itl", "tab:purple")):
+        for q, style in (("p50", "o-"), ("p99", "s:")):
+            ys = [getattr(getattr(lv, name), q) for lv in result.levels]
+            right.plot(xs, [None if y is None else y * 1000 for y in ys], style, color=color, label=f"{name.upper()} {q}")
+    right.set_ylabel("ms (log scale)")
+    right.set_yscale("log")
+    right.set_title("latency")
+    right.legend()
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("concurrent requests")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{result.model} at {result.settings.url}", fontsize=10)
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file beside `path`: an interrupted run leaves no half file under the name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+
+@click.command("bench")
+@click.argument("url")
+@click.option("--model", help="The model to ask for (default: the one the server lists at /v1/models).")
+@click.option("--concurrency", default="1,4,16,64", show_default=True, help="Requests in flight at once, one level each, comma-separated.")
+@click.option("--requests", type=click.IntRange(min=1), help=f"Requests per level (default {REQUESTS_PER_SLOT} per concurrent slot, at least {REQUESTS_MIN}).")
+@click.option("--prompt-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True, help="Prompt length in tokens (random words, different per request).")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True, help="Output tokens per request.")
+@click.option("--api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True, help="/v1/chat/completions or /v1/completions.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True, help="Ask the server to generate all --max-tokens (vLLM, SGLang, llama-server).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), help="A file holding the server's API key.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds one request may take.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write the results (with every request) as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH.png", help="Also plot throughput and latency against concurrency.")
+def bench_command(url: str, model: str | None, concurrency: str, requests: int | None, prompt_tokens: int, max_tokens: int,
+                  api: Api, ignore_eos: bool, api_key_file: Path | None, timeout: float, seed: int, json_path: Path | None,
+                  plot_path: Path | None) -> None:
+    """Load-test the OpenAI-compatible server at URL: per concurrency level, requests/s, output tokens/s, time to first
+    token and inter-token latency (p50, p99), errors; a Markdown table on stdout."""
+    levels = parse_concurrency(concurrency)
+    check_requests(requests, levels)
+    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            check_file(path, what)
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot_path}: the plot is a PNG; name it *.png")
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib: install builder with its bench extra (pip install -e '.[bench]'), or leave --plot out")
+    settings = Settings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
+                        max_tokens=max_tokens, api=api, ignore_eos=ignore_eos,
+                        api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed)
+    progress = CountProgress("bench")
+    try:
+        result = asyncio.run(run(settings, progress))
+    finally:
+        progress.close()
+    if json_path is not None:
+        _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(to_json(result), indent=1) + "\n"))
+    if plot_path is not None:
+        plot(result, plot_path)
+    click.echo(table(result), nl=False)
