@@ -80,7 +80,10 @@ def shards(path: Path) -> list[Path]:
 
 def from_gguf(path: Path) -> Shape:
     """The exact split, from the GGUF's header and tensor table (every shard's); no weight is read."""
-    import gguf  # a large import, needed only here
+    try:
+        import gguf  # a large import (numpy), needed only here: the `plan` extra
+    except ImportError:
+        raise UserError("reading a .gguf needs the gguf package: pip install 'r1kit[plan]' (or plan by catalog name)") from None
 
     if not path.is_file():
         raise UserError(f"{shown(str(path))} is not a file: give a catalog name (builder models) or a .gguf path")
