@@ -88,7 +88,9 @@ def test_redirects_keep_the_range_and_never_carry_the_token(local_hub: LocalHub,
     assert cdn_gets and not any(r.auth for r in cdn_gets)  # the other host never does
     assert {r.range for r in cdn_gets} >= {"bytes=1048576-2097151", "bytes=2097152-3145727", "bytes=3145728-"}  # Range intact
     assert asked_bytes(cdn_gets, len(data)) == len(data)  # every byte from the CDN, once
-    assert len(hub_gets) == 2  # one per connection: the signed link is reused for the file's other parts
+    # At most one per connection, for four parts: the signed link is reused for the file's other parts. (One, when a
+    # busy machine lets the first connection take the next part before the second starts.)
+    assert 1 <= len(hub_gets) <= 2, hub_gets
 
 
 def test_an_expired_link_is_asked_for_again(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, repos: dict):
