@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -130,6 +131,12 @@ R1_IQ1_S = "DeepSeek-R1-UD-IQ1_S"
 DISTILL_REPO = "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF"
 DISTILL_FILE = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
 FP8_REPO = "deepseek-ai/DeepSeek-R1"
+# The vLLM stack's default: the distill's original safetensors. Its config.json is the real model's (Qwen2, 28
+# layers, 2 KV heads of 128), so the image's memory check computes with real numbers; the weights are random bytes.
+DISTILL_ST_REPO = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+DISTILL_ST_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "num_hidden_layers": 28, "max_position_embeddings": 131072,
+                     "vocab_size": 151936, "torch_dtype": "bfloat16"}
 GATED_REPO = "r1kit-test/gated-GGUF"
 
 
@@ -158,6 +165,14 @@ def populate_hub(hub: LocalHub, work: Path) -> None:
         "model-00001-of-00002.safetensors": os.urandom(300_000),
         "model-00002-of-00002.safetensors": os.urandom(200_000),
         "figures/benchmark.jpg": os.urandom(50_000),
+    })
+    hub.add_repo(DISTILL_ST_REPO, {
+        "config.json": json.dumps(DISTILL_ST_CONFIG).encode(),
+        "generation_config.json": b'{"temperature": 0.6, "top_p": 0.95}\n',
+        "tokenizer.json": b'{"version": "1.0"}\n',
+        "tokenizer_config.json": b'{"model_max_length": 16384}\n',
+        "model.safetensors": os.urandom(400_000),
+        "README.md": b"# a synthetic distill in safetensors\n",
     })
     gated = work / "gated"
     write_tiny_model(gated / "tiny-Q4_K_M.gguf", seed=5)
