@@ -1,6 +1,6 @@
 """Parse `vllm serve` argument lists with vLLM's own parser; run by vLLM's Python (the image's, or the test venv's).
 
-    python vllm_parse.py < ARGS.json     # a JSON list of argument lists, as `vllm serve` would receive them
+    python -P vllm_parse.py < ARGS.json    # a JSON list of argument lists, as `vllm serve` would receive them
 
 Prints a JSON list, one entry per argument list: {"ok": {option: value, ...}} with the options the stacks set, or
 {"error": "..."} where vLLM's parser (or its own post-parse check) refused them. vLLM moves its modules between
