@@ -65,7 +65,6 @@ def test_vllms_aarch64_wheel_installs_there(docker: DockerClient, arm64_python_s
     ca = tmp_path / "ca"
     ca.mkdir()
     shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
-    version = builder("list", "--json", capture_output=True).stdout
     started = time.monotonic()
     result = subprocess.run(["docker", "run", "--rm", "--platform", "linux/arm64", "-v", f"{ca}:/ca:ro", "--entrypoint", "sh", image,
                              "-c", CHECK, "check", "0.33.0", "2.60.0"], capture_output=True, text=True, timeout=1800)
@@ -75,5 +74,4 @@ def test_vllms_aarch64_wheel_installs_there(docker: DockerClient, arm64_python_s
     assert lines[0] == "aarch64"
     assert "vllm 0.33.0 ray 2.60.0" in lines and any(line.startswith("Tag: cp38-abi3-") and line.endswith("_aarch64") for line in lines), result.stdout
     assert any(line.endswith("e_machine 183") for line in lines), result.stdout  # EM_AARCH64
-    assert '"name": "vllm"' in version
     print(f"vLLM's aarch64 wheel installed and checked under QEMU in {seconds:.0f} s")

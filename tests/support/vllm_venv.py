@@ -1,7 +1,7 @@
 """vLLM's own argument parser on every suite run, without the 9.4 GB image: a venv under .cache/ holding the pinned
 vLLM wheel (--no-deps), the CPU torch wheel these machines carry, and vLLM's other requirements minus the GPU-only
 packages. With VLLM_TARGET_DEVICE=cpu, vLLM's `make_arg_parser` imports and parses there exactly as in the image.
-Made once (about 3 minutes cold, 1.7 GB; docs/PERFORMANCE.md), reused by every later run.
+Made once (255 s cold here, 3.5 GB; docs/PERFORMANCE.md), reused by every later run.
 """
 
 from __future__ import annotations
