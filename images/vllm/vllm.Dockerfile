@@ -54,6 +54,10 @@ RUN --mount=type=bind,from=ca,source=/ca,target=/tmp/ca \
     && install -d -o vllm -g vllm /models \
     && find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 
+# vLLM's compile caches (torch.compile, Triton, FlashInfer) live here; the stack mounts a volume on it, which Docker
+# fills from this folder, owner included, so the engine's user can write there.
+RUN install -d -o 10001 -g 10001 /home/vllm/.cache
+
 # The checks that run before the engine (bad settings, the memory estimate), then `vllm serve` with the API key
 # read from a file (VLLM_API_KEY_FILE), never from the command line.
 COPY preflight.py /opt/r1kit/preflight.py

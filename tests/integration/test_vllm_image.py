@@ -37,6 +37,14 @@ def test_runs_as_uid_10001_with_ray_pinned(vllm_image: str, docker: DockerClient
     assert config.labels["org.opencontainers.image.version"] == "0.33.0"
     versions = run(vllm_image, "-c", "import importlib.metadata as m; print(m.version('ray'), m.version('torch'))", entrypoint="python3")
     assert versions.stdout.split() == ["2.60.0", "2.14.0"], versions.stderr
+    # A fresh volume on the cache folder (as the stack mounts one) is the engine user's to write.
+    volume = f"r1kit-test-vllm-cache-{vllm_image.rsplit(':', 1)[1]}"
+    try:
+        cache = run(vllm_image, "-c", "touch /home/vllm/.cache/written && stat -c %u /home/vllm/.cache", entrypoint="sh",
+                    volumes=[f"{volume}:/home/vllm/.cache"])
+        assert cache.returncode == 0 and cache.stdout.strip() == "10001", cache.stderr
+    finally:
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
 
 
 def test_the_stacks_arguments_parse_in_the_images_vllm(vllm_image: str):
