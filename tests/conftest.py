@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -26,6 +27,7 @@ RUN = f"run-{os.getpid()}-{secrets.token_hex(3)}"
 LLAMACPP_CPU = f"r1kit-test/llamacpp-cpu:{RUN}"
 LLAMACPP_CPU_BLIS = f"r1kit-test/llamacpp-cpu:{RUN}-blis"
 MODEL_INIT = f"r1kit-test/model-init:{RUN}"
+VLLM = f"r1kit-test/vllm:{RUN}"
 
 
 def builder(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -120,6 +122,18 @@ def model_init_image(base_image: str, builder_wheelhouse: Path, source_tarball: 
     return MODEL_INIT
 
 
+@pytest.fixture(scope="session")
+def vllm_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The vLLM image (amd64), vLLM's wheels from PyPI as published: pip in the build trusts the host's CA bundle
+    (`--source ca=DIR`), which no layer keeps. About 11 minutes cold and 10 GB: heavy tests only."""
+    from support.open_webui import host_ca_bundle
+
+    ca = tmp_path_factory.mktemp("ca")
+    shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
+    builder("build", "vllm", "--source", f"ca={ca}", "--build-arg", f"BASE_IMAGE={base_image}", "--tag", VLLM)
+    return VLLM
+
+
 # --- the local Hub ------------------------------------------------------------------------------------------------
 
 # Repos the local Hub serves, named like the real ones so that catalog names resolve against it:
@@ -130,6 +144,12 @@ R1_IQ1_S = "DeepSeek-R1-UD-IQ1_S"
 DISTILL_REPO = "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF"
 DISTILL_FILE = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
 FP8_REPO = "deepseek-ai/DeepSeek-R1"
+# The vLLM stack's default: the distill's original safetensors. Its config.json is the real model's (Qwen2, 28
+# layers, 2 KV heads of 128), so the image's memory check computes with real numbers; the weights are random bytes.
+DISTILL_ST_REPO = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+DISTILL_ST_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "num_hidden_layers": 28, "max_position_embeddings": 131072,
+                     "vocab_size": 151936, "torch_dtype": "bfloat16"}
 GATED_REPO = "r1kit-test/gated-GGUF"
 
 
@@ -159,6 +179,14 @@ def populate_hub(hub: LocalHub, work: Path) -> None:
         "model-00002-of-00002.safetensors": os.urandom(200_000),
         "figures/benchmark.jpg": os.urandom(50_000),
     })
+    hub.add_repo(DISTILL_ST_REPO, {
+        "config.json": json.dumps(DISTILL_ST_CONFIG).encode(),
+        "generation_config.json": b'{"temperature": 0.6, "top_p": 0.95}\n',
+        "tokenizer.json": b'{"version": "1.0"}\n',
+        "tokenizer_config.json": b'{"model_max_length": 16384}\n',
+        "model.safetensors": os.urandom(400_000),
+        "README.md": b"# a synthetic distill in safetensors\n",
+    })
     gated = work / "gated"
     write_tiny_model(gated / "tiny-Q4_K_M.gguf", seed=5)
     hub.add_repo(GATED_REPO, _files(gated), gated=True)
@@ -180,3 +208,29 @@ def hub_env(local_hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
     return env
+
+
+# Opt-in: tests marked `heavy` (the 10 GB vLLM image, its arm64 build under QEMU) run only with --heavy. They are
+# deselected otherwise, and the summary says so in a line of its own, never silently (docs/PERFORMANCE.md, "vLLM").
+HEAVY_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy (the vLLM images: about 11 minutes and 10 GB of disk)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--heavy"):
+        return
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if not item.get_closest_marker("heavy")]
+    config.stash[HEAVY_DESELECTED] = len(heavy)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    count = config.stash.get(HEAVY_DESELECTED, 0)
+    if count:
+        terminalreporter.write_line(f"{count} heavy test(s) not run (the vLLM images, about 11 minutes and 10 GB): run them with "
+                                    "`bash tests/run --heavy -m heavy` (docs/PERFORMANCE.md, vLLM)", yellow=True)

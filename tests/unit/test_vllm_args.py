@@ -1,0 +1,64 @@
+"""The vLLM stack's exact `vllm serve` arguments, as `docker compose config` resolves them for several settings,
+parsed by vLLM's own parser (tests/support/vllm_parse.py in the cached venv of tests/support/vllm_venv.py), and our
+preflight refusing what vLLM's parser lets through. The image itself runs the same parse (tests/integration/
+test_vllm_image.py, opt-in: it is 9 GB)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support.prerequisites import REPO
+from support.vllm_venv import VLLM_VERSION, vllm_parser_python
+from support.vllm_settings import SETTINGS, vllm_command
+
+PARSE = REPO / "tests" / "support" / "vllm_parse.py"
+PREFLIGHT = REPO / "images" / "vllm" / "preflight.py"
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    return vllm_parser_python()
+
+
+def parse(python: Path, arg_lists: list[list[str]]) -> dict:
+    result = subprocess.run([str(python), "-P", str(PARSE)], input=json.dumps(arg_lists), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_stacks_arguments_parse_in_vllms_own_parser(vllm_python: Path):
+    commands = {name: vllm_command(env) for name, (env, _) in SETTINGS.items()}
+    out = parse(vllm_python, list(commands.values()))
+    assert out["vllm"] == VLLM_VERSION and out["parser"].endswith("cli_args"), out
+    for (name, (_, want)), result in zip(SETTINGS.items(), out["results"]):
+        assert "ok" in result, f"{name}: vLLM refused {commands[name]}: {result}"
+        got = {k: result["ok"][k] for k in want}
+        assert got == want, name
+
+
+def test_the_parser_under_test_refuses_what_vllm_refuses(vllm_python: Path):
+    """The check can fail: an unknown option or a malformed number is an error in vLLM's parser."""
+    out = parse(vllm_python, [["/models/m", "--no-such-option=1"], ["/models/m", "--max-num-seqs=many"]])
+    assert all("error" in r for r in out["results"]), out
+
+
+def test_what_vllms_parser_lets_through_our_preflight_refuses(vllm_python: Path):
+    """vLLM 0.33.0's parser accepts a negative tensor parallel size and an unknown reasoning parser (it would fail
+    later, in the engine); the image's preflight, run by the same Python as in the image, refuses both in one line."""
+    bad = {"VLLM_TENSOR_PARALLEL_SIZE": "-2", "VLLM_REASONING_PARSER": "deepseek-r1"}
+    commands = [vllm_command({k: v}) for k, v in bad.items()]
+    out = parse(vllm_python, commands)
+    assert [r["ok"]["tensor_parallel_size"] for r in out["results"][:1]] == [-2]
+    assert [r["ok"]["reasoning_parser"] for r in out["results"][1:]] == ["deepseek-r1"]
+    for command, says in zip(commands, ["--tensor-parallel-size must be positive, not -2",
+                                        "--reasoning-parser 'deepseek-r1' is not one vLLM knows: choose one of "]):
+        result = subprocess.run([str(vllm_python), str(PREFLIGHT), *command], capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin"})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    # ... and reads the names from the installed vLLM: R1's parser is among them.
+    ok = subprocess.run([str(vllm_python), str(PREFLIGHT), *vllm_command({})], capture_output=True, text=True, timeout=60,
+                        env={"PATH": "/usr/bin:/bin"})
+    assert ok.returncode == 0, ok.stderr
