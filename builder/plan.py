@@ -248,16 +248,18 @@ def vllm_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
     batched = int(min(kv_room // kv_per_token, 65536))
     seqs = max(1, min(256, batched // context))
     settings = {
-        "MODEL": name,
+        "VLLM_MODEL": name,  # the vLLM stack's own variable: the shared MODEL names the GGUF stacks' model
         "VLLM_TENSOR_PARALLEL_SIZE": str(gpus_per_node),
         "VLLM_PIPELINE_PARALLEL_SIZE": str(machine.nodes),
         "VLLM_MAX_MODEL_LEN": str(context),
         "VLLM_GPU_MEMORY_UTILIZATION": f"{VLLM_UTILIZATION:.2f}",
         "VLLM_MAX_NUM_SEQS": str(seqs),
+        # R1's experts spread over the GPUs rather than each split across all of them (vLLM's advice for R1).
+        "VLLM_EXPERT_PARALLEL": "--enable-expert-parallel" if shape.experts and total_gpus > 1 else "",
     }
     flags = ("--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(machine.nodes),
              "--max-model-len", str(context), "--gpu-memory-utilization", f"{VLLM_UTILIZATION:.2f}",
-             "--max-num-seqs", str(seqs))
+             "--max-num-seqs", str(seqs)) + ((settings["VLLM_EXPERT_PARALLEL"],) if settings["VLLM_EXPERT_PARALLEL"] else ())
     bw = min(g.bandwidth_gbps for g in machine.gpus) * GB * GPU_EFFICIENCY
     per_token = (shape.total - shape.experts + shape.experts * shape.active_experts) / gpus_per_node
     tps = 1.0 / (per_token / bw)
@@ -297,7 +299,7 @@ def plan_model(name: str, shape: Shape, machine: Machine, engine: str, context: 
     ctx = check_context(shape, context)
     plan = PLANNERS[engine](name, shape, machine, ctx)
     if not catalog_name:
-        plan = replace(plan, settings={k: v for k, v in plan.settings.items() if k != "MODEL"})
+        plan = replace(plan, settings={k: v for k, v in plan.settings.items() if k not in ("MODEL", "VLLM_MODEL")})
     return _with_notes(plan, machine)
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from builder import hardware, models
 from builder.errors import UserError
@@ -18,7 +17,6 @@ from conftest import builder
 from support.tiny_gguf import write_tiny_deepseek2
 from test_stacks import compose
 
-SHIPPED = Path(models.__file__).with_name("models.yaml").read_text()
 
 
 def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: int = 1) -> hardware.Machine:
@@ -28,14 +26,6 @@ def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: i
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
     return models.load()
-
-
-@pytest.fixture(scope="module")
-def catalog_with_vllm() -> Catalog:
-    """The shipped catalog with R1's FP8 weights served by vLLM, as they are once the vLLM image is in."""
-    raw = yaml.safe_load(SHIPPED)
-    raw["models"]["r1-671b-fp8"]["engines"] = ["vllm"]
-    return models.load(yaml.safe_dump(raw))
 
 
 def test_4x_a100_runs_q8_with_experts_in_ram_and_beats_the_recipes_ngl_20(catalog):
@@ -101,18 +91,19 @@ def test_amx_xeon_with_one_24gb_gpu_keeps_most_experts_in_ram(catalog):
     ("1xGH200", 16, 1, 16),  # 16 single-GPU GH200 nodes (the recipe chose pipeline 4 x tensor 4; see docs)
     ("8xH200", 1, 8, 1),
 ])
-def test_clusters_serve_the_fp8_weights_with_vllm(catalog_with_vllm, gpus, nodes, tp, pp):
+def test_clusters_serve_the_fp8_weights_with_vllm(catalog, gpus, nodes, tp, pp):
     box = machine(gpus, 2000, 64, "avx512", nodes=nodes)
-    plan, _ = recommend(catalog_with_vllm, box, None, None)
+    plan, _ = recommend(catalog, box, None, None)
     assert (plan.model, plan.engine) == ("r1-671b-fp8", "vllm")
     assert plan.settings["VLLM_TENSOR_PARALLEL_SIZE"] == str(tp) and plan.settings["VLLM_PIPELINE_PARALLEL_SIZE"] == str(pp)
+    assert plan.settings["VLLM_MODEL"] == "r1-671b-fp8" and plan.settings["VLLM_EXPERT_PARALLEL"] == "--enable-expert-parallel"
 
 
-def test_one_8x_h100_node_cannot_hold_the_fp8_weights(catalog_with_vllm):
+def test_one_8x_h100_node_cannot_hold_the_fp8_weights(catalog):
     box = machine("8xH100", 2000, 64, "avx512")
     with pytest.raises(UserError, match="does not fit vLLM on 8 GPUs"):
-        plan_model("r1-671b-fp8", shape_for(catalog_with_vllm.get("r1-671b-fp8"), catalog_with_vllm.architectures), box, "vllm", None)
-    plan, _ = recommend(catalog_with_vllm, box, None, None)
+        plan_model("r1-671b-fp8", shape_for(catalog.get("r1-671b-fp8"), catalog.architectures), box, "vllm", None)
+    plan, _ = recommend(catalog, box, None, None)
     assert plan.engine == "llamacpp"  # the quants still run, experts in RAM where they must
 
 
@@ -177,3 +168,12 @@ def test_plan_write_then_compose_reaches_llama_server(tmp_path):
     assert server["LLAMA_ARG_TENSOR_SPLIT"] == plan["LLAMACPP_TENSOR_SPLIT"] and len(plan["LLAMACPP_TENSOR_SPLIT"].split(",")) == 4
     assert server["LLAMA_ARG_SPLIT_MODE"] == "layer" and server["LLAMA_ARG_THREADS"] == "64"
     assert "r1-671b-ud-iq1_s" in resolved["services"]["model-init"]["command"]
+
+
+def test_plan_write_then_compose_reaches_vllm(tmp_path):
+    """The same path for R1's FP8 weights on one 8xH200 node: the vLLM stack's command takes the plan's sizes."""
+    env = tmp_path / ".env"
+    builder("plan", "r1-671b-fp8", "--gpus", "8xH200", "--ram", "2000", "--cores", "96", "--cpu", "amx", "--write", str(env), capture_output=True)
+    command = json.loads(compose(["vllm-webui.yml"], "--env-file", str(env), "config", "--format", "json").stdout)["services"]["vllm"]["command"]
+    assert command[0] == "/models/r1-671b-fp8"
+    assert {"--tensor-parallel-size=8", "--pipeline-parallel-size=1", "--enable-expert-parallel", "--max-model-len=8192"} <= set(command), command
