@@ -3,15 +3,19 @@
 `cpu_probe.py --list` prints the variants this image carries, best first; `--list NAME` checks that NAME is one of
 them. `cpu_probe.py --variant NAME` loads that variant's extension (without torch, so that it is quick, also under
 an emulator) and runs a small routed-expert layer with its GGUF (LLAMAFILE) kernels on Q8_0 weights, checked against
-numpy: exit 0 when the result is right, a signal (SIGILL: the CPU lacks an instruction) or 1 otherwise. The
-entrypoint runs it in a child process per variant, best first, and loads the first that passes.
+numpy: exit 0 when the result is right, a signal (SIGILL: the CPU lacks an instruction) or 1 otherwise. For `amx`
+it first asks the kernel for the AMX tile state and runs AMX tile instructions itself: that variant's GGUF kernels
+are AVX-512 code, which runs on CPUs without AMX, while its AMXINT4/AMXINT8 kernels would die there. The entrypoint
+runs it in a child process per variant, best first, and loads the first that passes.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import importlib.util
+import mmap
 import os
 import sys
 
@@ -44,6 +48,27 @@ def load(variant: str):
     sys.modules["kt_kernel_ext"] = module
     spec.loader.exec_module(module)
     return module
+
+
+# ldtilecfg [rdi]; tilezero tmm0; tilerelease; ret
+AMX_CODE = bytes.fromhex("c4e2784907" "c4e27b49c0" "c4e27849c0" "c3")
+ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+def check_amx() -> None:
+    """Ask Linux for the AMX tile data state (refused where the CPU or kernel lacks it), then configure, zero and
+    release a tile: SIGILL where AMX is not there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0:
+        sys.exit(f"amx: the kernel grants no AMX tile state here ({os.strerror(ctypes.get_errno())})")
+    config = (ctypes.c_uint8 * 64)()
+    config[0] = 1  # palette 1
+    config[16] = 64  # tile 0: 64 bytes per row (colsb[0], little-endian uint16 at byte 16)
+    config[48] = 16  # tile 0: 16 rows (rows[0] at byte 48)
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(AMX_CODE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)(ctypes.addressof(config))
 
 
 def q8_0(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +152,9 @@ def main() -> int:
     if args.variant not in have:
         print(f"error: CPU variant {args.variant!r} is not in this image (it has: {' '.join(have)})", file=sys.stderr)
         return 1
-    got, want, _ = expert_layer(load(args.variant), experts=8, top_k=2, hidden=256, inter=128, qlen=3, threads=2)
+    if args.variant == "amx":
+        check_amx()
+    got, want, _ = expert_layer(load(args.variant), experts=8, top_k=2, hidden=256, inter=256, qlen=3, threads=2)
     err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-6))
     print(f"{args.variant}: expert layer relative error {err:.2e}")
     return 0 if err < 0.05 else 1
