@@ -71,13 +71,14 @@ given() {
     return 1
 }
 
-# first_line FILE VARIABLE: FILE's first line, or a one-line error naming the variable.
-first_line() {
-    if [ ! -r "$1" ] || [ ! -s "$1" ]; then
-        say "error: $2=$1 is not a readable, non-empty file (the path model-init writes); check the stack's model settings"
+# pointer VARIABLE: the first line of the file that VARIABLE names (model-init's pointer file), or a one-line error
+# and exit (checked here, not inside the command substitution that reads it, whose exit would not stop the script).
+check_pointer() {
+    eval "file=\${$1}"
+    if [ ! -r "$file" ] || [ ! -s "$file" ]; then
+        say "error: $1=$file is not a readable, non-empty file (the path model-init writes); check the stack's model settings"
         exit 1
     fi
-    head -n 1 "$1"
 }
 
 check=no
@@ -103,10 +104,12 @@ fi
 given --host "$@" || set -- "$@" --host "${KT_HOST:-0.0.0.0}"
 given --port "$@" || set -- "$@" --port "${KT_PORT:-30000}"
 if [ -n "${KT_MODEL_PATH_FILE:-}" ] && ! given "$model_flag" "$@"; then
-    set -- "$@" "$model_flag" "$(first_line "$KT_MODEL_PATH_FILE" KT_MODEL_PATH_FILE)"
+    check_pointer KT_MODEL_PATH_FILE
+    set -- "$@" "$model_flag" "$(head -n 1 "$KT_MODEL_PATH_FILE")"
 fi
 if [ -n "${KT_WEIGHT_PATH_FILE:-}" ] && ! given "$weights_flag" "$@"; then
-    set -- "$@" "$weights_flag" "$(dirname "$(first_line "$KT_WEIGHT_PATH_FILE" KT_WEIGHT_PATH_FILE)")"
+    check_pointer KT_WEIGHT_PATH_FILE
+    set -- "$@" "$weights_flag" "$(dirname "$(head -n 1 "$KT_WEIGHT_PATH_FILE")")"
 fi
 if [ -n "${KT_API_KEY_FILE:-}" ] && [ -s "$KT_API_KEY_FILE" ] && ! given "$key_flag" "$@"; then
     key=$(cat "$KT_API_KEY_FILE")

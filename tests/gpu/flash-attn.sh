@@ -4,10 +4,12 @@
 # ktransformers image's flash-attn stage (FLASH_ATTN_SOURCE=pypi), run where nvcc and a GPU exist. No Docker and no
 # network there: the sdist is carried, the build uses the installed torch (--no-build-isolation --no-deps).
 #
-# usage, from the repository root: bash tests/gpu/flash-attn.sh SDIST OUT_DIR
+# usage, from the repository root: bash tests/gpu/flash-attn.sh SDIST OUT_DIR [DEPS_DIR]
 #   SDIST: flash_attn-2.8.3.post2.tar.gz (`pip download --no-deps --no-binary :all: flash-attn==2.8.3.post2`)
+#   DEPS_DIR: wheels of the build's own needs (ninja, wheel, packaging, psutil, einops), installed beside the
+#   machine's torch only where it lacks them: without ninja, torch compiles one file at a time.
 # Settings: ARCHS (default 90), MAX_JOBS (default nproc), NVCC_THREADS (default 2), COMPILE_TIMEOUT (default 540 s:
-# the device tool stops a command at 600 s). WORK_DIR (default /tmp/r1kit-flash-attn) keeps the build tree: the
+# the device tool stops a command at 600 s, and the checks need a minute after it). WORK_DIR (default /tmp/r1kit-flash-attn) keeps the build tree: the
 # compile is in-tree and ninja skips finished objects, so a second call on the same warm machine resumes it.
 set -uo pipefail
 
@@ -15,7 +17,7 @@ sdist=${1:?usage: flash-attn.sh SDIST OUT_DIR}
 out=$(mkdir -p "${2:?usage: flash-attn.sh SDIST OUT_DIR}" && cd "$2" && pwd)
 archs=${ARCHS:-90}
 jobs=${MAX_JOBS:-$(nproc)}
-budget=${COMPILE_TIMEOUT:-540}
+budget=${COMPILE_TIMEOUT:-480}
 work=${WORK_DIR:-/tmp/r1kit-flash-attn}
 python=${PYTHON:-python3}
 t0=$(date +%s)
@@ -29,9 +31,20 @@ say() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$out/progress.txt"; }
   nvcc --version | tail -1
 } 2>&1 | tee "$out/env.txt"
 
+deps=${3:-}
+mkdir -p "$work"
+if [ -n "$deps" ]; then
+  for module in ninja wheel packaging psutil einops; do
+    "$python" -c "import $module" 2>/dev/null && continue
+    "$python" -m pip install -q --no-index --no-deps --target "$work/deps" "$deps"/"$module"-*.whl && echo "installed $module from $deps"
+  done
+  export PYTHONPATH="$work/deps${PYTHONPATH:+:$PYTHONPATH}" PATH="$work/deps/bin:$PATH"
+fi
+command -v ninja >/dev/null && echo "ninja $(ninja --version)" | tee -a "$out/env.txt" || echo "no ninja: the compile runs one file at a time" | tee -a "$out/env.txt"
+
 src=$work/src
 if [ "$(cat "$work/unpacked-from" 2>/dev/null)" != "$(sha256sum "$sdist" | cut -d' ' -f1)" ]; then
-  rm -rf "$work" && mkdir -p "$src"
+  rm -rf "$src" "$work/dist" && mkdir -p "$src"
   tar -xzf "$sdist" -C "$src" --strip-components=1
   sha256sum "$sdist" | cut -d' ' -f1 > "$work/unpacked-from"
 fi
@@ -64,7 +77,7 @@ say "wheel: $(basename "$wheel") $(stat -c %s "$wheel") bytes"
 # Installed beside the machine's torch, into a folder of its own (no network, nothing else replaced).
 rm -rf "$work/site" && "$python" -m pip install -q --no-deps --no-index --target "$work/site" "$wheel" || exit 1
 say "installed; correctness and speed against torch's scaled_dot_product_attention"
-PYTHONPATH="$work/site" "$python" - "$out" <<'PY'
+PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$out" <<'PY'
 import json, sys, time
 import torch
 import torch.nn.functional as F

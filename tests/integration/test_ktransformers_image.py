@@ -153,7 +153,7 @@ def test_a_bad_setting_is_refused_by_the_parser(docker: DockerClient, image: str
     command, environment, volumes = _stack_run(tmp_path, **settings)
     out = run(docker, image, "--check-args", *command, volumes=volumes, env=environment)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
-    unknown = run(docker, image, "--check-args", "--kt-no-such-flag", "1")
+    unknown = run(docker, image, "--check-args", "--model", "/models/m", "--kt-no-such-flag", "1")
     assert unknown.returncode == 2 and "unrecognized arguments: --kt-no-such-flag" in unknown.stderr
 
 
@@ -204,9 +204,11 @@ def qemu() -> str:
 
 @pytest.mark.parametrize("cpu", ["Haswell", "Icelake-Server"])
 def test_under_qemu_only_avx2_runs_and_it_computes_the_expert_layer(docker: DockerClient, image: str, qemu: str, cpu: str):
-    """QEMU's TCG has no AVX-512 and no AMX: those variants die with SIGILL, AVX2 computes the expert layer right. The
-    entrypoint tries them best first, so it ends at avx2."""
-    for variant in ("amx", "avx512_bf16", "avx512_base"):
+    """QEMU's TCG has no AVX-512 and no AMX: the AVX-512 variants die with SIGILL, amx is refused its tile state (QEMU
+    grants none), AVX2 computes the expert layer right. The entrypoint tries them best first, so it ends at avx2."""
+    out = _probe(docker, image, "amx", cpu)
+    assert _status(out) == 1 and "amx: the kernel grants no AMX tile state here" in out.stdout, out.stdout[-500:]
+    for variant in ("avx512_bf16", "avx512_vbmi", "avx512_vnni", "avx512_base"):
         out = _probe(docker, image, variant, cpu)
         assert _status(out) == SIGILL, f"{variant} under -cpu {cpu}: {out.stdout[-500:]}"
     out = _probe(docker, image, "avx2", cpu)
@@ -215,15 +217,18 @@ def test_under_qemu_only_avx2_runs_and_it_computes_the_expert_layer(docker: Dock
 
 def test_kt_kernels_own_choice_reads_the_hosts_flags_and_dies_under_an_older_cpu(docker: DockerClient, image: str, qemu: str):
     """Why the entrypoint probes: kt-kernel picks its variant from /proc/cpuinfo, which under QEMU (as in some VMs)
-    describes another CPU than the one that runs the code. With this host's AVX-512 flags it loads avx512_* and dies
-    under -cpu Haswell; with the variant the probe chose (KT_KERNEL_CPU_VARIANT=avx2) the same import works."""
+    describes another CPU than the one that runs the code. With this host's AVX-512 flags it loads an avx512 variant
+    (the import itself passes) and dies at the first expert computation under -cpu Haswell; with the variant the probe
+    chose (KT_KERNEL_CPU_VARIANT=avx2) the same import and computation work."""
     if "avx512f" not in _host_flags():
         pytest.skip("this host has no AVX-512: kt-kernel's own choice is AVX2 here and runs under Haswell")
-    script = f"{QEMU} -cpu Haswell {PYTHON} -c 'import kt_kernel; print(kt_kernel.__cpu_variant__)' 2>&1; echo \"exit=$?\""
+    code = ("import sys; sys.path.insert(0, '/opt/ktransformers/share/r1kit'); import kt_kernel, cpu_probe; print(kt_kernel.__cpu_variant__, flush=True); "
+            "cpu_probe.expert_layer(sys.modules['kt_kernel_ext'], experts=8, top_k=2, hidden=256, inter=256, qlen=3, threads=2); print('computed')")
+    script = f"{QEMU} -cpu Haswell {PYTHON} -c \"{code}\" 2>&1; echo \"exit=$?\""
     own = run(docker, image, "-c", script, entrypoint="/bin/sh", volumes=[(QEMU, QEMU, "ro")])
     assert _status(own) == SIGILL, own.stdout[-1000:]
     chosen = run(docker, image, "-c", script, entrypoint="/bin/sh", volumes=[(QEMU, QEMU, "ro")], env={"KT_KERNEL_CPU_VARIANT": "avx2"})
-    assert _status(chosen) == 0 and "avx2" in chosen.stdout, chosen.stdout[-1000:]
+    assert _status(chosen) == 0 and "avx2" in chosen.stdout and "computed" in chosen.stdout, chosen.stdout[-1000:]
 
 
 def test_on_this_cpu_the_entrypoint_loads_the_best_variant_that_runs(docker: DockerClient, image: str, variants: list[str]):
