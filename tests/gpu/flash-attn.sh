@@ -52,14 +52,20 @@ fi
 # The compile: FORCE_BUILD, else setup.py tries to download a prebuilt wheel from GitHub. ninja prints [k/N] per
 # object; the log is followed so that progress shows while it runs.
 say "compile starts (budget ${budget}s)"
-( cd "$src" && FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTN_CUDA_ARCHS="$archs" MAX_JOBS="$jobs" NVCC_THREADS="${NVCC_THREADS:-2}" \
-    timeout --signal=INT --kill-after=20 "$budget" \
-    "$python" -m pip wheel -v --no-build-isolation --no-deps --no-index --wheel-dir "$work/dist" . ) > "$work/build.log" 2>&1 &
+# setsid: the compile (pip, ninja, every nvcc) is a process group of its own, stopped whole at the deadline.
+( cd "$src" && exec setsid env FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTN_CUDA_ARCHS="$archs" MAX_JOBS="$jobs" \
+    NVCC_THREADS="${NVCC_THREADS:-2}" "$python" -m pip wheel -v --no-build-isolation --no-deps --no-index \
+    --wheel-dir "$work/dist" . ) > "$work/build.log" 2>&1 &
 build=$!
+deadline=$(( $(date +%s) + budget ))
 while kill -0 "$build" 2>/dev/null; do
-  sleep 30
+  sleep 15
   step=$(grep -o '^\[[0-9]*/[0-9]*\]' "$work/build.log" | tail -1)
   say "compiling ${step:-(setup)}"
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    say "budget of ${budget}s spent: stopping the compile"
+    kill -TERM -- "-$build" 2>/dev/null; sleep 10; kill -KILL -- "-$build" 2>/dev/null
+  fi
 done
 wait "$build"
 rc=$?
