@@ -71,12 +71,11 @@ given() {
     return 1
 }
 
-# pointer VARIABLE: the first line of the file that VARIABLE names (model-init's pointer file), or a one-line error
-# and exit (checked here, not inside the command substitution that reads it, whose exit would not stop the script).
+# check_pointer VARIABLE FILE: FILE (model-init's pointer file) is readable and not empty, else a one-line error and
+# exit (checked here, not inside the command substitution that reads it, whose exit would not stop the script).
 check_pointer() {
-    eval "file=\${$1}"
-    if [ ! -r "$file" ] || [ ! -s "$file" ]; then
-        say "error: $1=$file is not a readable, non-empty file (the path model-init writes); check the stack's model settings"
+    if [ ! -r "$2" ] || [ ! -s "$2" ]; then
+        say "error: $1=$2 is not a readable, non-empty file (the path model-init writes); check the stack's model settings"
         exit 1
     fi
 }
@@ -104,11 +103,11 @@ fi
 given --host "$@" || set -- "$@" --host "${KT_HOST:-0.0.0.0}"
 given --port "$@" || set -- "$@" --port "${KT_PORT:-30000}"
 if [ -n "${KT_MODEL_PATH_FILE:-}" ] && ! given "$model_flag" "$@"; then
-    check_pointer KT_MODEL_PATH_FILE
+    check_pointer KT_MODEL_PATH_FILE "$KT_MODEL_PATH_FILE"
     set -- "$@" "$model_flag" "$(head -n 1 "$KT_MODEL_PATH_FILE")"
 fi
 if [ -n "${KT_WEIGHT_PATH_FILE:-}" ] && ! given "$weights_flag" "$@"; then
-    check_pointer KT_WEIGHT_PATH_FILE
+    check_pointer KT_WEIGHT_PATH_FILE "$KT_WEIGHT_PATH_FILE"
     set -- "$@" "$weights_flag" "$(dirname "$(head -n 1 "$KT_WEIGHT_PATH_FILE")")"
 fi
 if [ -n "${KT_API_KEY_FILE:-}" ] && [ -s "$KT_API_KEY_FILE" ] && ! given "$key_flag" "$@"; then

@@ -40,7 +40,11 @@ if [ -n "$deps" ]; then
   done
   export PYTHONPATH="$work/deps${PYTHONPATH:+:$PYTHONPATH}" PATH="$work/deps/bin:$PATH"
 fi
-command -v ninja >/dev/null && echo "ninja $(ninja --version)" | tee -a "$out/env.txt" || echo "no ninja: the compile runs one file at a time" | tee -a "$out/env.txt"
+if command -v ninja >/dev/null; then
+  echo "ninja $(ninja --version)" | tee -a "$out/env.txt"
+else
+  echo "no ninja: the compile runs one file at a time" | tee -a "$out/env.txt"
+fi
 
 src=$work/src
 if [ "$(cat "$work/unpacked-from" 2>/dev/null)" != "$(sha256sum "$sdist" | cut -d' ' -f1)" ]; then
@@ -73,7 +77,7 @@ objects=$(find "$src/build" -name '*.o' 2>/dev/null | wc -l)
 total=$(grep -o '^\[[0-9]*/[0-9]*\]' "$work/build.log" | tail -1 | cut -d/ -f2 | tr -d ']')
 say "compile exit $rc; objects compiled so far: $objects of ${total:-?} (ninja steps, the link included)"
 tail -30 "$work/build.log" > "$out/build-tail.log"
-wheel=$(ls "$work"/dist/flash_attn-*.whl 2>/dev/null | head -1)
+wheel=$(find "$work/dist" -name 'flash_attn-*.whl' 2>/dev/null | head -1)
 if [ "$rc" -ne 0 ] || [ -z "$wheel" ]; then
   say "no wheel: the compile did not finish (exit $rc). Run the same command again on the warm machine to resume."
   exit 1
