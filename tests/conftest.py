@@ -210,13 +210,13 @@ def hub_env(local_hub: LocalHub, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-# Opt-in: tests marked `heavy` (the 10 GB vLLM image, its arm64 build under QEMU) run only with --heavy. They are
+# Opt-in: tests marked `heavy` (the 10 GB vLLM image, its arm64 build under QEMU, the 11 GB ktransformers image) run only with --heavy. They are
 # deselected otherwise, and the summary says so in a line of its own, never silently (docs/PERFORMANCE.md, "vLLM").
 HEAVY_DESELECTED = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy (the vLLM images: about 11 minutes and 10 GB of disk)")
+    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy (the vLLM and ktransformers images: about 11 minutes and 10 GB of disk each)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -232,5 +232,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     count = config.stash.get(HEAVY_DESELECTED, 0)
     if count:
-        terminalreporter.write_line(f"{count} heavy test(s) not run (the vLLM images, about 11 minutes and 10 GB): run them with "
-                                    "`bash tests/run --heavy -m heavy` (docs/PERFORMANCE.md, vLLM)", yellow=True)
+        terminalreporter.write_line(f"{count} heavy test(s) not run (the vLLM and ktransformers images, about 11 minutes and 10 GB each): run them "
+                                    "with `bash tests/run --heavy -m heavy` (docs/PERFORMANCE.md)", yellow=True)

@@ -10,6 +10,8 @@ packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v debootstrap >/dev/null || packages+=(debootstrap)
 command -v chromium >/dev/null || packages+=(chromium chromium-driver)
+# qemu-x86_64-static: the ktransformers image's CPU kernels under older CPU models (tests/integration).
+command -v qemu-x86_64-static >/dev/null || packages+=(qemu-user-static)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "host-setup: installing ${packages[*]}"
   $sudo apt-get update -qq

