@@ -51,13 +51,16 @@ fi
 [ "$phase" = bench ] || { echo "plan.sh: phase must be build or bench" >&2; exit 2; }
 [ -e "$work/built" ] || { echo "plan.sh: no build in $work: the machine went cold between the phases; run the build phase again" >&2; exit 3; }
 
-# Hold all but FREE_GIB of the GPU's memory, as if the card were smaller (the recipes' 24 GB RTX 4090).
+# Hold all but FREE_GIB of each GPU's memory, as if the cards were smaller (the recipes' 24 GB RTX 4090s).
 python3 - "$free_gib" "$work/filler.ready" <<'PY' &
 import sys, time, torch
-free, total = torch.cuda.mem_get_info()
 keep = int(float(sys.argv[1]) * 2**30)
-held = torch.empty(max(free - keep, 0), dtype=torch.uint8, device="cuda")
-open(sys.argv[2], "w").write(f"held {held.numel() / 2**30:.1f} GiB of {total / 2**30:.1f}\n")
+held, lines = [], []
+for d in range(torch.cuda.device_count()):
+    free, total = torch.cuda.mem_get_info(d)
+    held.append(torch.empty(max(free - keep, 0), dtype=torch.uint8, device=f"cuda:{d}"))
+    lines.append(f"GPU{d}: held {held[-1].numel() / 2**30:.1f} GiB of {total / 2**30:.1f}")
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 time.sleep(3600)
 PY
 filler=$!
@@ -70,9 +73,12 @@ log "plan"
 "${builder[@]}" plan "$model" > "$out/plan.txt" 2>&1 || { cat "$out/plan.txt"; exit 1; }
 "${builder[@]}" plan "$model" --json > "$out/plan.json"
 cat "$out/plan.txt"
-read -r ngl ncmoe < <(python3 -c "
+# llama-bench separates GPUs in a split with '/' (a ',' separates values to sweep).
+read -r ngl ncmoe split < <(python3 -c "
 import json; s = json.load(open('$out/plan.json'))['settings']
-print(99 if s['LLAMACPP_N_GPU_LAYERS'] == 'all' else s['LLAMACPP_N_GPU_LAYERS'], s['LLAMACPP_N_CPU_MOE'] or 0)")
+print(99 if s['LLAMACPP_N_GPU_LAYERS'] == 'all' else s['LLAMACPP_N_GPU_LAYERS'], s['LLAMACPP_N_CPU_MOE'] or 0,
+      s['LLAMACPP_TENSOR_SPLIT'].replace(',', '/') or '-')")
+gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 threads=$(nproc)
 
 log "fit-params"
@@ -103,15 +109,25 @@ done
 bench recipe -ngl "$n" || true
 bench cpu-moe -ngl 99 -ot 'ffn_.*_exps=CPU' || true
 bench fit -fitt 1024 || true
-bench plan -ngl "$ngl" -ncmoe "$ncmoe" || true
+if [ "$gpus" -gt 1 ]; then
+  # Several GPUs: the plan's split against an even one, and layer against row split (issue 10).
+  even=$(python3 -c "print('/'.join(['1'] * $gpus))")
+  bench even -ngl "$ngl" -ncmoe "$ncmoe" -sm layer -ts "$even" || true
+  bench row -ngl "$ngl" -ncmoe "$ncmoe" -sm row -ts "$split" || true
+  bench plan -ngl "$ngl" -ncmoe "$ncmoe" -sm layer -ts "$split" || true
+else
+  bench plan -ngl "$ngl" -ncmoe "$ncmoe" || true
+fi
 
 python3 - "$out" <<'PY' | tee "$out/table.md"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 print("| way | settings | pp512 t/s | tg128 t/s |")
 print("| --- | --- | ---: | ---: |")
-for name in ("recipe", "cpu-moe", "fit", "plan"):
+for name in ("recipe", "cpu-moe", "fit", "even", "row", "plan"):
     f = out / f"bench-{name}.json"
+    if not f.exists():
+        continue
     try:
         rows = json.loads(f.read_text())
     except (OSError, ValueError):
@@ -120,16 +136,23 @@ for name in ("recipe", "cpu-moe", "fit", "plan"):
     pp = next((r for r in rows if r["n_prompt"]), None)
     tg = next((r for r in rows if r["n_gen"]), None)
     r = rows[0]
-    desc = f"ngl {r['n_gpu_layers']}" + (f", ncmoe {r.get('n_cpu_moe')}" if r.get("n_cpu_moe") else "") + (f", ot {r['tensor_buft_overrides']}" if r.get("tensor_buft_overrides") not in (None, "none", "") else "")
+    desc = f"ngl {r['n_gpu_layers']}" + (f", sm {r['split_mode']}, ts {r['tensor_split']}" if r.get("tensor_split") not in (None, "", "0.00") else "") + (f", ncmoe {r.get('n_cpu_moe')}" if r.get("n_cpu_moe") else "") + (f", ot {r['tensor_buft_overrides']}" if r.get("tensor_buft_overrides") not in (None, "none", "") else "")
     fmt = lambda x: f"{x['avg_ts']:.1f} ± {x['stddev_ts']:.1f}" if x else "-"
     print(f"| {name} | {desc} | {fmt(pp)} | {fmt(tg)} |")
 PY
 
-# builder bench against llama-server with the plan's own flags (as the stack passes them).
-flags=$(python3 -c "import json; print(' '.join(json.load(open('$out/plan.json'))['flags']))")
-log "llama-server $flags"
-# shellcheck disable=SC2086
-"${entrypoint[@]}" llama-server -m "$model" $flags -fa on --host 127.0.0.1 --port 8091 --api-key plan-key > "$out/server.log" 2>&1 &
+# builder bench against llama-server started as the stack starts it: the plan's settings as the stack's LLAMA_ARG_*
+# variables (stacks/llamacpp-webui.yml), through the image's entrypoint.
+eval "$(python3 -c "
+import json, shlex
+s = json.load(open('$out/plan.json'))['settings']
+stack = {'LLAMACPP_N_GPU_LAYERS': 'LLAMA_ARG_N_GPU_LAYERS', 'LLAMACPP_N_CPU_MOE': 'LLAMA_ARG_N_CPU_MOE',
+         'LLAMACPP_SPLIT_MODE': 'LLAMA_ARG_SPLIT_MODE', 'LLAMACPP_TENSOR_SPLIT': 'LLAMA_ARG_TENSOR_SPLIT',
+         'LLAMACPP_CTX_SIZE': 'LLAMA_ARG_CTX_SIZE', 'LLAMACPP_THREADS': 'LLAMA_ARG_THREADS'}
+print(' '.join(f'export {stack[k]}={shlex.quote(v)};' for k, v in s.items() if k in stack))")"
+env | grep '^LLAMA_ARG_' | sort | tee "$out/server-env.txt"
+log "llama-server with $(tr '\n' ' ' < "$out/server-env.txt")"
+"${entrypoint[@]}" -m "$model" -fa on --host 127.0.0.1 --port 8091 --api-key plan-key > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $filler $server 2>/dev/null || true' EXIT
 for _ in $(seq 240); do curl -sf http://127.0.0.1:8091/health > /dev/null && break; sleep 0.5; done
@@ -138,5 +161,6 @@ printf 'plan-key' > "$work/key"
   --requests "${REQUESTS:-16}" --prompt-tokens 512 --max-tokens 64 --json "$out/bench.json" --plot "$out/bench.png" \
   > "$out/bench.md" 2> "$out/bench.log" || tail -5 "$out/bench.log"
 cat "$out/bench.md"
-grep -E "offload|CUDA0.*buffer|CPU.*buffer|n_cpu_moe|graph splits" "$out/server.log" | head -20 > "$out/server-memory.txt" || true
+# Where the weights went, as llama-server says it: each device and its share.
+grep -E "offload|CUDA[0-9].*buffer|CPU.*buffer|using device|graph splits" "$out/server.log" | head -30 | tee "$out/server-memory.txt" || true
 log "done"
