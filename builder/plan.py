@@ -38,9 +38,9 @@ FP8_KV_PER_TOKEN_VLLM = 70_272  # R1 with MLA: (512 + 64) values in bf16 for eac
 class Placement:
     """Where llama.cpp puts a model's weights."""
 
-    gpu_layers: int  # -ngl: the last N layers (all of them: every layer and the output head)
+    gpu_layers: int  # the last N blocks on the GPUs; the output head is there too whenever N > 0
     cpu_moe: int  # --n-cpu-moe: the first K layers keep their routed experts in RAM
-    per_gpu_layers: tuple[int, ...]  # --tensor-split, as layer counts
+    per_gpu_layers: tuple[int, ...]  # blocks per GPU, in order
     gpu_bytes: tuple[int, ...]
     ram_bytes: int
     tokens_per_s: float  # estimated decode speed
@@ -54,6 +54,21 @@ class Placement:
             cpu_moe_layers = max(0, self.cpu_moe - shape.dense_layers)
             return f"every layer on the GPUs, the routed experts of {cpu_moe_layers} of {shape.moe_layers} MoE layers in RAM"
         return f"{self.gpu_layers} of {shape.layers} layers on the GPUs" + (", their routed experts in RAM" if self.cpu_moe else "")
+
+    @property
+    def ngl(self) -> int:
+        """llama.cpp's -ngl: it counts the output head as one more layer, and offloads the last N of the n+1."""
+        return self.gpu_layers + 1 if self.per_gpu_layers else 0
+
+    @property
+    def tensor_split(self) -> tuple[int, ...]:
+        """--tensor-split such that llama.cpp's own mapping (layer i of the last -ngl goes to the first GPU whose
+        cumulative share exceeds i / ngl; llama-model.cpp, load_tensors) puts each GPU's blocks where the plan
+        does: the output head, the last of them, counted on the last GPU that holds blocks."""
+        split = list(self.per_gpu_layers)
+        last = max(i for i, c in enumerate(split) if c)
+        split[last] += 1
+        return tuple(split)
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ def _estimate(shape: Shape, machine: Machine, on_gpu_layers: list[bool], experts
                 cpu_time += expert_bytes / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
         else:
             cpu_time += (dense_bytes + expert_bytes) / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
-    if all(on_gpu_layers) and per_gpu:
+    if any(on_gpu_layers) and per_gpu:
         gpu_time += shape.output / (machine.gpus[len([c for c in per_gpu if c]) - 1].bandwidth_gbps * GB * GPU_EFFICIENCY)
     else:
         cpu_time += shape.output / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
@@ -166,7 +181,7 @@ def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool =
         ram = shape.embedding + sum(
             (0 if on_gpu[i] else shape.layer + shape.kv_per_token * context // shape.layers)
             + (shape.layer_experts if shape.experts and i >= shape.dense_layers and not experts_on_gpu[i] else 0)
-            for i in range(shape.layers)) + (0 if gpu_layers == shape.layers else shape.output)
+            for i in range(shape.layers)) + (0 if counts else shape.output)
         if ram > ram_budget:
             return None
         return Placement(gpu_layers, cpu_moe, tuple(counts), tuple(used), ram,
@@ -189,7 +204,7 @@ def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool =
         cpu_moe = shape.layers if shape.experts and experts_apart else 0
         costs = _layer_costs(shape, context, cpu_moe)
         for n in range(shape.layers - 1, 0, -1):
-            fitted = _assign(costs[shape.layers - n:], budgets, 0)
+            fitted = _assign(costs[shape.layers - n:], budgets, shape.output)
             if fitted:
                 return result(n, cpu_moe, *fitted)
     return result(0, 0, [], [])
@@ -202,10 +217,10 @@ def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Pl
     all_layers = p.gpu_layers == shape.layers
     settings = {
         "MODEL": name,
-        "LLAMACPP_N_GPU_LAYERS": "all" if all_layers and p.per_gpu_layers else str(p.gpu_layers),
+        "LLAMACPP_N_GPU_LAYERS": "all" if all_layers and p.per_gpu_layers else str(p.ngl),
         "LLAMACPP_N_CPU_MOE": str(p.cpu_moe) if p.cpu_moe else "",
         "LLAMACPP_SPLIT_MODE": "layer" if len(machine.gpus) > 1 else "",
-        "LLAMACPP_TENSOR_SPLIT": ",".join(map(str, p.per_gpu_layers)) if len(machine.gpus) > 1 else "",
+        "LLAMACPP_TENSOR_SPLIT": ",".join(map(str, p.tensor_split)) if len(machine.gpus) > 1 else "",
         "LLAMACPP_CTX_SIZE": str(context),
         "LLAMACPP_THREADS": str(machine.cores) if machine.cores else "",
         "LLAMACPP_PARALLEL": "1",
@@ -226,10 +241,10 @@ def ollama_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan
     p = place(shape, machine, context, experts_apart=False)
     if p is None:
         raise UserError(_refusal(name, shape, machine, context))
-    settings = {"MODEL": name, "OLLAMA_NUM_GPU": str(p.gpu_layers), "OLLAMA_CONTEXT_LENGTH": str(context)}
+    settings = {"MODEL": name, "OLLAMA_NUM_GPU": str(p.ngl), "OLLAMA_CONTEXT_LENGTH": str(context)}
     reasons = [p.describe(shape), "Ollama offloads whole layers only (no experts-in-RAM split): llama.cpp is faster here"
                if shape.experts and p.gpu_layers < shape.layers else "whole layers fit as they are"]
-    return Plan(name, "ollama", shape, context, settings, ("num_gpu", str(p.gpu_layers), "num_ctx", str(context)),
+    return Plan(name, "ollama", shape, context, settings, ("num_gpu", str(p.ngl), "num_ctx", str(context)),
                 p.describe(shape), p.tokens_per_s, p.gpu_bytes, p.ram_bytes, tuple(reasons))
 
 

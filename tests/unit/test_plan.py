@@ -38,7 +38,7 @@ def test_4x_a100_runs_q8_with_experts_in_ram_and_beats_the_recipes_ngl_20(catalo
     s = plan.settings
     assert s["LLAMACPP_N_GPU_LAYERS"] == "all" and 3 < int(s["LLAMACPP_N_CPU_MOE"]) < 61
     split = [int(x) for x in s["LLAMACPP_TENSOR_SPLIT"].split(",")]
-    assert len(split) == 4 and sum(split) == 61 and s["LLAMACPP_SPLIT_MODE"] == "layer"
+    assert len(split) == 4 and sum(split) == 61 + 1 and s["LLAMACPP_SPLIT_MODE"] == "layer"  # the output head counts too
     assert all(b <= 80 * hardware.GIB for b in plan.gpu_bytes)
     recipe = decode_estimate(plan.shape, box, 20, 0, (5, 5, 5, 5))
     assert plan.tokens_per_s > 1.5 * recipe
@@ -177,3 +177,43 @@ def test_plan_write_then_compose_reaches_vllm(tmp_path):
     command = json.loads(compose(["vllm-webui.yml"], "--env-file", str(env), "config", "--format", "json").stdout)["services"]["vllm"]["command"]
     assert command[0] == "/models/r1-671b-fp8"
     assert {"--tensor-parallel-size=8", "--pipeline-parallel-size=1", "--enable-expert-parallel", "--max-model-len=8192"} <= set(command), command
+
+
+def llamacpp_devices(n_layer: int, ngl: int, split: list[int]) -> list[int | None]:
+    """Where llama.cpp puts each block and then the output head (the last entry) for -ngl and --tensor-split: its
+    own arithmetic (llama-model.cpp, load_tensors), float32 and upper_bound included. None is the CPU."""
+    import bisect
+
+    import numpy as np
+
+    cumulative = np.cumsum(np.array(split, dtype=np.float32))
+    points = list(cumulative / cumulative[-1])
+    start = max(n_layer + 1 - ngl, 0)
+    active = min(ngl, n_layer + 1)
+    return [None if il < start or il - start >= active else bisect.bisect_right(points, np.float32(il - start) / np.float32(active))
+            for il in range(n_layer + 1)]
+
+
+@pytest.mark.parametrize("gpus,ram,model", [
+    ("4xA100", 1000, "r1-671b-q8_0"),
+    ("4xRTX4090", 384, "r1-671b-q4_k_m"),
+    ("2x16", 250, "r1-671b-ud-iq1_s"),
+    ("3x24", 512, "r1-671b-ud-q2_k_xl"),
+    ("2x24", 64, "r1-distill-llama-70b"),  # a dense model split over two cards, the output head on the second
+])
+def test_llamacpp_puts_each_layer_where_the_plan_says(catalog, gpus, ram, model):
+    """The tensor split the plan writes, read back through llama.cpp's own mapping, lands every block on the GPU
+    the plan counted it on, and the output head on the last one. (The first multi-GPU run on the 2xH100 machine
+    wrote the block counts alone; llama.cpp counts the head as one more layer, moved a block with its experts onto
+    the first GPU, and that GPU ran out of memory.)"""
+    box = machine(gpus, ram, 32, "avx512")
+    plan = plan_model(model, shape_for(catalog.get(model), catalog.architectures), box, "llamacpp", None)
+    n_layer = plan.shape.layers
+    ngl = n_layer + 1 if plan.settings["LLAMACPP_N_GPU_LAYERS"] == "all" else int(plan.settings["LLAMACPP_N_GPU_LAYERS"])
+    split = [int(x) for x in plan.settings["LLAMACPP_TENSOR_SPLIT"].split(",")]
+    placed = llamacpp_devices(n_layer, ngl, split)
+    blocks = placed[:n_layer]
+    counts = [sum(1 for d in blocks if d == g) for g in range(len(split))]
+    expected_blocks = [c - (1 if g == max(i for i, x in enumerate(split) if x) else 0) for g, c in enumerate(split)]
+    assert counts == expected_blocks, (plan.settings, placed)
+    assert placed[n_layer] == max(i for i, x in enumerate(split) if x)  # the output head on the last GPU
