@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builder import catalog
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 IMAGES = REPO / ".github" / "workflows" / "images.yml"
@@ -215,8 +217,10 @@ def targets(env: dict[str, str] | None = None) -> list[dict]:
 
 def test_build_matrix_covers_every_target_variant_and_platform():
     builds = {(r["target"], r["variant"], r["platform"]) for r in matrix("build")}
-    listed = targets()
-    assert listed
+    # Every target publishes, but one whose image.yaml says `publish: []` (ktransformers-legacy: never built here).
+    unpublished = {t.name for t in catalog.load().targets.values() if not t.published}
+    listed = [t for t in targets() if t["name"] not in unpublished]
+    assert listed and unpublished <= {"ktransformers-legacy"}
     for t in listed:
         assert t["variants"], t["name"]
         for v in t["variants"]:
