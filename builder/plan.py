@@ -31,7 +31,6 @@ CPU_EFFICIENCY = 0.35
 MIN_USEFUL_TPS = 2.0  # below this a recommendation is not worth the download
 DEFAULT_CONTEXT = 8192  # the stacks' default
 VLLM_UTILIZATION = 0.90
-FP8_KV_PER_TOKEN_VLLM = 70_272  # R1 with MLA: (512 + 64) values in bf16 for each of 61 layers
 
 
 @dataclass(frozen=True)
@@ -255,7 +254,7 @@ def vllm_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
     if not total_gpus:
         raise UserError(f"{name}: vLLM needs GPUs, and this plan has none; describe them with --gpus (and --nodes)")
     usable = sum(g.memory for g in machine.gpus) * machine.nodes * VLLM_UTILIZATION
-    kv_per_token = FP8_KV_PER_TOKEN_VLLM if shape.experts else shape.kv_per_token
+    kv_per_token = shape.kv_per_token  # vLLM's MLA cache holds the same latent per token as llama.cpp's (bf16)
     kv_room = usable - shape.total
     if kv_room < kv_per_token * context:
         need = (shape.total + kv_per_token * context) / VLLM_UTILIZATION / GB
