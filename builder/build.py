@@ -151,11 +151,21 @@ def plan(
 STAGE_EXCLUDES = {"image.yaml", "source"}  # and source-NAME/ folders (below)
 
 
+def _check_outside_sources(build: BuildPlan, into: Path) -> None:
+    sources = [("", build.source), *((f"{n}=", s) for n, s in build.extra_sources.items())]
+    for name, source in sources:
+        # A folder source holding the context would be copied into itself until the disk is full (seen: 74 GB).
+        if source is not None and source.is_dir() and into.resolve().is_relative_to(source.resolve()):
+            raise UserError(f"--source {name}{source} holds the folder the build context is written to ({into}): "
+                            "give a folder of its own, or write the context elsewhere")
+
+
 def stage_context(build: BuildPlan, into: Path) -> None:
     """The build context: the image folder, the rendered Dockerfile and, with --source, source/."""
     # Left out: the template and spec, the committed renders (*.Dockerfile and their .dockerignore, for compose
     # `build:`) and a local source/ folder (compose builds with LLAMACPP_SOURCE=local use it; `builder build`
     # stages --source instead).
+    _check_outside_sources(build, into)
     top = build.target.folder
     shutil.copytree(top, into, dirs_exist_ok=True,
                     ignore=lambda d, names: [n for n in names if n == "__pycache__" or Path(d) == top and (n in STAGE_EXCLUDES or n.startswith("source-") or n.endswith((".j2", ".Dockerfile", ".dockerignore")))])
@@ -191,6 +201,7 @@ def stage(build: BuildPlan, into: Path) -> None:
     """Write the build context into a new or empty folder: `builder stage`, which the images workflow builds from."""
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise UserError(f"{into} is not an empty folder: stage the build context into a new or empty one")
+    _check_outside_sources(build, into)
     into.mkdir(parents=True, exist_ok=True)
     stage_context(build, into)
 

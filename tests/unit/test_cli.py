@@ -108,3 +108,11 @@ def test_usage_errors_are_one_line_with_the_help_hint(args, message):
 def test_an_error_echoes_at_most_a_bit_of_a_huge_value(args):
     line = one_line(builder(*args, check=False, capture_output=True))
     assert len(line) < 400 and "100000 characters" in line, line
+
+
+def test_a_source_folder_that_holds_the_output_is_refused(tmp_path):
+    """`--source ca=/tmp -o /tmp/ctx` once copied /tmp into /tmp/ctx into itself until the disk was full."""
+    out = tmp_path / "ctx"
+    line = one_line(builder("stage", "vllm", "--source", f"ca={tmp_path}", "-o", str(out), check=False, capture_output=True))
+    assert f"--source ca={tmp_path} holds the folder" in line, line
+    assert not out.exists()
