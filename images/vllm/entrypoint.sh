@@ -21,5 +21,6 @@ if [ -n "${VLLM_API_KEY_FILE:-}" ]; then
     export VLLM_API_KEY
 fi
 
-python3 /opt/r1kit/preflight.py "$@"
+# R1KIT_HOME: the scripts' folder (the image sets it; a bare-metal install of the same layout may put it elsewhere).
+python3 "${R1KIT_HOME:-/opt/r1kit}/preflight.py" "$@"
 exec vllm serve "$@"

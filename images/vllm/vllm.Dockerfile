@@ -34,43 +34,65 @@ COPY source-ca/ /ca/
 # BuildKit builds only the stage that PIP_CA names.
 FROM ca-${PIP_CA} AS ca
 
-FROM python AS runtime
+# Ray and the cluster launcher, without vLLM: the base of the runtime image, and on its own the small image the tests
+# run a real multi-node Ray cluster of (`docker build --target ray`; vLLM's 9 GB are not needed to join nodes). One
+# venv: vLLM goes into the same /opt/vllm below. `ray[cgraph]`: vLLM no longer depends on Ray; multi-node needs it,
+# at one version on every node.
+FROM python AS ray-base
+ARG RAY_VERSION
+RUN --mount=type=bind,from=ca,source=/ca,target=/tmp/ca \
+    python3 -m venv /opt/vllm \
+    && PIP_CERT="$(ls /tmp/ca/ca-certificates.crt 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
+        --disable-pip-version-check "ray[cgraph]==${RAY_VERSION}" \
+    && find /opt/vllm -name __pycache__ -prune -exec rm -rf {} + \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/vllm vllm \
+    && install -d -o vllm -g vllm /models /home/vllm/.cache \
+    && ln -s /opt/r1kit/entrypoint.sh /usr/local/bin/r1kit-vllm \
+    && ln -s /opt/r1kit/cluster.py /usr/local/bin/r1kit-cluster
+ENV PATH=/opt/vllm/bin:$PATH \
+    HOME=/home/vllm \
+    R1KIT_HOME=/opt/r1kit \
+    RAY_USAGE_STATS_ENABLED=0 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# The node image of the tests' Ray cluster (see above): the launcher's scripts on top of Ray.
+FROM ray-base AS ray
+# The checks that run before the engine (preflight.py: bad settings, the memory estimate); entrypoint.sh, which runs
+# them and then `vllm serve` with the API key read from a file (VLLM_API_KEY_FILE), never from the command line; and
+# cluster.py (`r1kit-cluster head|worker`): a node of a multi-node cluster, checked, joined, then vLLM on the head.
+COPY --chmod=0755 preflight.py entrypoint.sh cluster.py /opt/r1kit/
+USER 10001:10001
+WORKDIR /models
+ENTRYPOINT ["r1kit-cluster"]
+CMD ["--help"]
+
+FROM ray-base AS runtime
 ARG VLLM_VERSION
 ARG RAY_VERSION
 ARG TARGETARCH
 ARG DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# One step, so the venv is one layer (a copy from a build stage would store its 9 GB twice). The CA bundle and the
-# wheels built above are bind-mounted, never copied. `ray[cgraph]`: vLLM no longer depends on Ray; multi-node
-# needs it, at one version on every node. The last lines strip setuid and setgid bits and add the runtime user.
+# One step, so vLLM is one layer (a copy from a build stage would store its 9 GB twice), into the venv that holds
+# Ray (pinned again, so pip keeps it). The CA bundle and the wheels built above are bind-mounted, never copied. The
+# last line strips setuid and setgid bits.
 RUN --mount=type=bind,from=ca,source=/ca,target=/tmp/ca \
-    python3 -m venv /opt/vllm \
-    && PIP_CERT="$(ls /tmp/ca/ca-certificates.crt 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
+    PIP_CERT="$(ls /tmp/ca/ca-certificates.crt 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
         --disable-pip-version-check \
         "vllm==${VLLM_VERSION}" \
         "ray[cgraph]==${RAY_VERSION}" \
     && find /opt/vllm -name __pycache__ -prune -exec rm -rf {} + \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/vllm vllm \
-    && install -d -o vllm -g vllm /models \
     && find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 
-# vLLM's compile caches (torch.compile, Triton, FlashInfer) live here; the stack mounts a volume on it, which Docker
-# fills from this folder, owner included, so the engine's user can write there.
-RUN install -d -o 10001 -g 10001 /home/vllm/.cache
+# After vLLM's layer, so that editing a script rebuilds only this small one. vLLM's compile caches (torch.compile,
+# Triton, FlashInfer) live in /home/vllm/.cache; the stack mounts a volume on it, which Docker fills from this
+# folder, owner included, so the engine's user can write there.
+COPY --from=ray /opt/r1kit/ /opt/r1kit/
 
-# The checks that run before the engine (bad settings, the memory estimate), then `vllm serve` with the API key
-# read from a file (VLLM_API_KEY_FILE), never from the command line.
-COPY preflight.py /opt/r1kit/preflight.py
-COPY entrypoint.sh /usr/local/bin/r1kit-vllm
-
-ENV PATH=/opt/vllm/bin:$PATH \
-    HOME=/home/vllm \
-    TRITON_CACHE_DIR=/home/vllm/.cache/triton \
+ENV TRITON_CACHE_DIR=/home/vllm/.cache/triton \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
-    VLLM_NO_USAGE_STATS=1 \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    VLLM_NO_USAGE_STATS=1
 USER 10001:10001
 WORKDIR /models
 # vllm serve's default port; the stacks pass --port 8000 too.
