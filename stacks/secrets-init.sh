@@ -7,6 +7,8 @@
 # LLAMACPP_API_KEY in stacks/.env) wins and is copied to DIR/NAME at every start, so changing it takes effect;
 # otherwise a DIR/NAME kept from an earlier start stays; otherwise a random key is generated, once. The engine
 # reads its file (llama-server --api-key-file), Open WebUI's start command reads its own. Keys are never printed.
+# A NAME in SECRETS_REQUIRED (space-separated) is never generated: where the user gave none, secrets-init stops
+# with one line (a cluster worker must hold the head's Ray token, not a new one).
 set -eu
 
 dir=$1
@@ -24,6 +26,9 @@ for name in "$@"; do
     elif [ -s "$dir/$name" ]; then
         echo "secrets-init: $name: kept from an earlier start"
         continue
+    elif case " ${SECRETS_REQUIRED:-} " in *" $name "*) true ;; *) false ;; esac; then
+        echo "error: $name is not set: give this node the head's value (stacks/.env, see README \"Several nodes\")" >&2
+        exit 2
     else
         # 32 random bytes as 64 hex digits: od and tr are in every image with coreutils.
         printf '%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > "$tmp"

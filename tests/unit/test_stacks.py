@@ -442,12 +442,18 @@ def test_env_example_documents_every_variable_with_its_default():
         if m:
             assert i > 0 and lines[i - 1].startswith("#"), f"{m.group(1)} has no comment saying why"
             listed[m.group(1)] = m.group(2)
+    # A section's heading may name where some stacks default otherwise (the cluster stacks serve R1 by default).
+    also = {}
+    for line in lines:
+        if line.startswith("## "):
+            for name, value in re.findall(r"\b([A-Z][A-Z0-9_]+)=([\w.-]+)", line):
+                also.setdefault(name, set()).add(value)
     used = stack_variables()
     assert set(used) == set(listed), f"only in the stacks: {set(used) - set(listed)}; only in .env.example: {set(listed) - set(used)}"
     for name, defaults in used.items():
         if "${" in listed[name]:
             continue
-        assert defaults <= {listed[name]}, f"{name}: .env.example says {listed[name]!r}, the stacks {defaults}"
+        assert defaults <= {listed[name]} | also.get(name, set()), f"{name}: .env.example says {listed[name]!r}, the stacks {defaults}"
 
 
 # f16 KV cache bytes per token: R1 with MLA keeps the compressed latent (kv_lora_rank 512) and the rope part (64)
@@ -527,13 +533,14 @@ SHARED = ("model-init", "secrets-init", "open-webui")
 @pytest.mark.parametrize("stack", sorted(p.name for p in STACKS.glob("*-webui.yml")))
 def test_the_shared_services_are_written_once(stack: str):
     """Each stack takes model-init, secrets-init, Open WebUI and the GPU reservation from stacks/shared/services.yml
-    and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what is its own."""
+    (vLLM: its shared engine service) and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what is its own."""
     text = yaml.safe_load((STACKS / stack).read_text())
     assert text["include"] == ["shared/resources.yml"]
     for name in SHARED:
         service = text["services"][name]
         assert service["extends"] == {"file": "shared/services.yml", "service": name}, name
         assert not {"image", "build", "cap_drop", "security_opt", "volumes"} & set(service), f"{name} repeats a shared part"
-    engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") == "gpus"]
+    # The engine: the GPU reservation, or vLLM's shared service (which takes it, for one node and for a cluster's).
+    engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") in ("gpus", "vllm")]
     assert len(engines) == 1 and "deploy" not in text["services"][engines[0]]
     assert not {"configs", "secrets"} & set(text) and set(text.get("volumes") or {}).isdisjoint({"models", "keys", "open-webui"})
