@@ -28,6 +28,7 @@ LLAMACPP_CPU = f"r1kit-test/llamacpp-cpu:{RUN}"
 LLAMACPP_CPU_BLIS = f"r1kit-test/llamacpp-cpu:{RUN}-blis"
 MODEL_INIT = f"r1kit-test/model-init:{RUN}"
 VLLM = f"r1kit-test/vllm:{RUN}"
+VLLM_RAY = f"r1kit-test/vllm:{RUN}-ray"
 
 
 def builder(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -132,6 +133,42 @@ def vllm_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str
     shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
     builder("build", "vllm", "--source", f"ca={ca}", "--build-arg", f"BASE_IMAGE={base_image}", "--tag", VLLM)
     return VLLM
+
+
+@pytest.fixture(scope="session")
+def vllm_ray_image(backend: Backend, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The vLLM image's `ray` stage: its Ray venv and the cluster launcher (r1kit-cluster, the preflight, the
+    entrypoint), without vLLM's 9 GB. The same text as the vLLM image up to that stage, built from `builder stage`'s
+    context: the multi-node tests run real Ray clusters of it on every suite run."""
+    from support.open_webui import host_ca_bundle
+
+    ca = tmp_path_factory.mktemp("ca-ray")
+    shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
+    context = tmp_path_factory.mktemp("vllm-ray") / "context"
+    builder("stage", "vllm", "--source", f"ca={ca}", "-o", str(context))
+    log = tmp_path_factory.getbasetemp() / "vllm-ray-build.log"
+    with log.open("w") as out:
+        built = subprocess.run([*backend.build_command, "--progress", "plain", "--target", "ray", "--build-arg", f"BASE_IMAGE={base_image}",
+                                "--build-arg", "PIP_CA=local", "--tag", VLLM_RAY, str(context)], stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, **backend.env})
+    assert built.returncode == 0, f"the ray stage did not build: {log.read_text()[-3000:]}"
+    return VLLM_RAY
+
+
+@pytest.fixture(scope="session")
+def vllm_parse():
+    """Parse `vllm serve` argument lists with vLLM's own parser (tests/support/vllm_parse.py in the cached venv):
+    a list of {"ok": {...}} or {"error": [...]}, one per list."""
+    from support.vllm_venv import vllm_parser_python
+
+    python, script = vllm_parser_python(), REPO / "tests" / "support" / "vllm_parse.py"
+
+    def parse(arg_lists: list[list[str]]) -> list[dict]:
+        result = subprocess.run([str(python), "-P", str(script)], input=json.dumps(arg_lists), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])["results"]
+
+    return parse
 
 
 # --- the local Hub ------------------------------------------------------------------------------------------------

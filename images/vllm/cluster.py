@@ -6,7 +6,7 @@
     r1kit-cluster preflight [options] [-- MODEL ...]     # the node checks alone
     r1kit-cluster status                                   # the Ray cluster's nodes, as JSON
 
-The stacks (stacks/vllm-cluster-*.yml) and the scripts `builder slurm` writes run it on every node. Two launchers:
+The stacks (stacks/cluster-head.yml and cluster-worker.yml) and the scripts `builder slurm` writes run it on every node. Two launchers:
 - ray (the default): the head runs `ray start --head`, waits until --nodes nodes with --gpus-per-node GPUs each
   have joined (naming the missing ones when the wait times out), runs a task on every node to compare their
   software, then `vllm serve ... --distributed-executor-backend ray`. Workers run `ray start --address HEAD --block`.
@@ -245,10 +245,10 @@ def check_infiniband(env: dict[str, str], sysfs: Path = Path("/sys/class/infinib
             raise Refused(f"NCCL_IB_HCA={spec}: no adapter {', '.join(missing)} on this node (it has {', '.join(present) or 'none'}): "
                           "name this node's adapters (ibv_devices), or unset NCCL_IB_HCA to use sockets")
     if not any(dev.glob("uverbs*")):
-        raise Refused(f"NCCL_IB_HCA is set but {dev}/uverbs* is missing in this container: add stacks/vllm-cluster-ib.yml (the devices and IPC_LOCK)")
+        raise Refused(f"NCCL_IB_HCA is set but {dev}/uverbs* is missing in this container: add stacks/cluster-ib.yml (the devices and IPC_LOCK)")
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft != resource.RLIM_INFINITY:
-        raise Refused(f"locked memory is limited to {soft // 1024} KiB, too little for InfiniBand: set ulimits memlock -1 (stacks/vllm-cluster-ib.yml) "
+        raise Refused(f"locked memory is limited to {soft // 1024} KiB, too little for InfiniBand: set ulimits memlock -1 (stacks/cluster-ib.yml) "
                       "or `ulimit -l unlimited` on the node")
     return f"InfiniBand: {', '.join(present)}"
 
@@ -489,9 +489,9 @@ def worker(cfg: Settings) -> int:
 
 
 def status(cfg: Settings) -> int:
+    ray_environment(cfg)  # before the import: Ray reads its auth settings when imported
     import ray
 
-    ray_environment(cfg)
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
     try:
         nodes = [{"host": n["NodeManagerHostname"], "ip": n["NodeManagerAddress"], "gpus": n["Resources"].get("GPU", 0),

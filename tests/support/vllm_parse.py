@@ -24,7 +24,8 @@ import vllm  # noqa: E402
 
 FIELDS = ("model_tag", "model", "served_model_name", "host", "port", "tensor_parallel_size", "pipeline_parallel_size",
           "enable_expert_parallel", "max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens",
-          "reasoning_parser", "trust_remote_code", "api_key")
+          "reasoning_parser", "trust_remote_code", "api_key", "distributed_executor_backend", "nnodes", "node_rank",
+          "master_addr", "master_port", "headless")
 
 
 def find(definition: str, prefer: str) -> object:
