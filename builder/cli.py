@@ -18,7 +18,7 @@ from builder import download as downloads
 from builder import tags as tagging
 from builder.bench import bench_command
 from builder.catalog import Target
-from builder.errors import Stopped, UserError, shown
+from builder.errors import Stopped, UserError, own_signals, shown
 from builder.paths import check_folder, find_repo_root, repo_root
 from builder.render import render as render_dockerfile
 
@@ -42,6 +42,7 @@ class Command(click.Group):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        own_signals()
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as e:  # click's own three lines (usage, hint, error) as one

@@ -37,7 +37,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers
 
 from builder import transfer
-from builder.errors import Stopped, UserError, shown
+from builder.errors import UserError, raise_stopped, shown
 from builder.models import Selection, describe_files
 from builder.paths import atomic_write
 from builder.progress import DownloadProgress, human
@@ -581,10 +581,7 @@ def stop_on_signals() -> Iterator[None]:
     the stack (the partial file is closed with what it holds; temp files of markers and merges are removed), so the
     run ends within a moment and the next one resumes."""
 
-    def stop(signum: int, frame: object) -> None:
-        raise Stopped(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, raise_stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:

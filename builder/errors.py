@@ -27,6 +27,19 @@ class Stopped(BaseException):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+def raise_stopped(signum: int, frame: object) -> None:
+    """A signal handler: the signal becomes Stopped in the main thread."""
+    raise Stopped(signum)
+
+
+def own_signals() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM raises Stopped, whatever dispositions the parent left: a shell's
+    background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler (a bench run
+    would never stop). A command-line entry point calls this first."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_stopped)
+
+
 def shown(value: object, limit: int = SHOWN) -> str:
     """`value` quoted as repr() does, cut to `limit` characters with its length said: a rejected 100 kB value must
     not become a 100 kB error line, and repr() keeps a newline in it from splitting the line."""

@@ -10,6 +10,10 @@
 # The probe models are written by tiny_gguf.py (beside this script) with the source's own gguf-py (needs python3,
 # numpy and PyYAML).
 #
+# Before configuring, the patches in patches/ (beside this script) are applied to the source; one that upstream has
+# already applied is skipped, one that fits neither way stops the build. After compiling, amx_tile_check.py (needs
+# objdump) refuses any x86_64 CPU backend whose AMX kernels would load an empty tile configuration.
+#
 # usage: build.sh SOURCE_DIR PREFIX
 # environment:
 #   ACCELERATOR         cpu | cuda                                (default cpu)
@@ -68,6 +72,20 @@ case ${BLAS:-none} in
   *) echo "build.sh: BLAS must be none or blis, not '$BLAS'" >&2; exit 2 ;;
 esac
 
+for patch in "$here"/patches/*.patch; do
+  [ -e "$patch" ] || continue
+  if patch -d "$src" -p1 -N --dry-run -s < "$patch" >/dev/null; then
+    patch -d "$src" -p1 -N -s < "$patch"
+    echo "build.sh: applied patches/${patch##*/}"
+  elif patch -d "$src" -p1 -R --dry-run -s < "$patch" >/dev/null; then
+    echo "build.sh: patches/${patch##*/} is already in this source; skipped (drop it once the pinned release has it)"
+  else
+    echo "build.sh: patches/${patch##*/} does not apply to this source: upstream changed the file it patches; check" \
+      "whether upstream fixed it (then delete the patch) or refresh it" >&2
+    exit 1
+  fi
+done
+
 cmake -S "$src" -B "$build" "${args[@]}"
 cmake --build "$build" --config Release -j "${JOBS:-$(nproc)}" --target "${tools[@]}"
 
@@ -76,6 +94,13 @@ find "$build/bin" -maxdepth 1 -name '*.so*' -exec cp -P -t "$prefix/bin/" {} +
 for tool in "${tools[@]}"; do
   install -m 0755 "$build/bin/$tool" "$prefix/bin/"
 done
+
+if [ "$(uname -m)" = x86_64 ]; then
+  # The AMX kernels' tile configuration, read from the machine code: a miscompile there shows only on AMX hosts.
+  mapfile -t cpu_backends < <(find "$prefix/bin" -name 'libggml-cpu*.so')
+  [ ${#cpu_backends[@]} -gt 0 ] || cpu_backends=("$prefix/bin/llama-server")  # a static build
+  python3 "$here/amx_tile_check.py" "${cpu_backends[@]}"
+fi
 
 if [ "${CPU_TARGET:-portable}" = portable ]; then
   install -d "$prefix/lib/ggml-cpu" "$prefix/share/r1kit"

@@ -52,8 +52,10 @@ ARG CUDA_ARCHITECTURES=80;86;89;90;100;120
 ARG CPU_TARGET=portable
 # Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/ci.py JOBS).
 ARG JOBS=
-# build.sh compiles; cpu-variants.c and tiny_gguf.py make what the entrypoint picks the CPU kernels with.
-COPY build.sh cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
+# build.sh patches and compiles, amx_tile_check.py reads the AMX kernels' machine code; cpu-variants.c and
+# tiny_gguf.py make what the entrypoint picks the CPU kernels with.
+COPY build.sh amx_tile_check.py cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
+COPY patches/ /usr/local/share/r1kit-build/patches/
 # ccache lives in a BuildKit cache mount: a rebuild after a small change recompiles only what changed.
 RUN --mount=type=cache,id=ccache-llamacpp-cuda,target=/root/.cache/ccache \
     CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" JOBS="${JOBS}" \

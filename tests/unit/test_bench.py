@@ -22,6 +22,7 @@ import pytest
 from builder import bench
 from builder.errors import UserError
 from conftest import builder
+from support.signals import dispositions
 
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 100])
@@ -163,12 +164,14 @@ def test_api_key_file_holds_one_key(tmp_path: Path):
     assert bench.read_api_key(key) == "sk-1"
 
 
-def test_ctrl_c_stops_it_in_one_line_with_nothing_written(no_usage_server: str, tmp_path: Path):
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_stops_it_in_one_line_with_nothing_written(no_usage_server: str, tmp_path: Path, inherited: signal.Handlers):
+    """Also when started with SIGINT ignored, as a shell's background job is: the CLI installs its own handler."""
     out = tmp_path / "b.json"
     # Far more requests than run in the 2 s before the signal.
     run = subprocess.Popen([sys.executable, "-m", "builder.cli", "bench", no_usage_server, "--concurrency", "1",
                             "--requests", "1000000", "--prompt-tokens", "8", "--max-tokens", "2", "--json", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=dispositions(sigint=inherited))
     time.sleep(2)
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=60)

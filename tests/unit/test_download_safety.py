@@ -18,6 +18,7 @@ from builder import download as downloads
 from builder.errors import UserError
 from conftest import DISTILL_FILE, DISTILL_REPO, R1_REPO
 from support import privileges
+from support.signals import dispositions
 from support.local_hub import LocalHub
 from support.prerequisites import REPO
 from test_download import SHARDS, builder, files_under, hub_sha, one_line_error, sha256
@@ -212,7 +213,8 @@ def _start(hub_env: dict[str, str], dest: Path, *, as_pid_1: bool) -> tuple[subp
     command = [sys.executable, "-m", "builder.cli", "download", "r1-671b-ud-iq1_s", "--dest", str(dest)]
     if as_pid_1:
         command = privileges.as_pid_1(*command)
-    proc = subprocess.Popen(command, cwd=REPO, env=hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=dispositions())
     if not as_pid_1:
         return proc, proc.pid
     deadline = time.monotonic() + 10

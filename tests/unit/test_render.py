@@ -73,6 +73,7 @@ def build_sh(tmp_path: Path):
                  'llama-quantize libggml-base.so libggml-cpu-haswell.so libggml-cpu-zen4.so; do : > "$2/bin/$f"; done; fi',
         "cc": 'while [ $# -gt 0 ]; do [ "$1" = -o ] && : > "$2"; shift; done',
         "python3": 'eval "out=\\${$#}"; : > "$out"',
+        "patch": "",  # applies images/llamacpp/patches/ (tests/unit/test_amx_tile_check.py checks what it fixes)
     }.items():
         (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{extra}\n')
         (stubs / name).chmod(0o755)
@@ -100,6 +101,7 @@ def test_build_script_portable_cpu(build_sh):
             "share/r1kit/probe-llama.gguf", "share/r1kit/probe-deepseek2.gguf", "bin/llama-server", "bin/libggml-base.so"} <= files
     assert not [f for f in files if f.startswith("bin/libggml-cpu-")]
     assert "tiny_gguf.py deepseek2 --quant q4_0" in log
+    assert "amx_tile_check.py" in log and "patch -d" in log
 
 
 def test_build_script_cuda(build_sh):

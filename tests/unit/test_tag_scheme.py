@@ -220,7 +220,7 @@ def test_stage_writes_what_builder_build_stages(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     # Not the template, the spec, the committed renders for compose (*.Dockerfile), a local source/ folder or the
     # tests' __pycache__ of tiny_gguf.py.
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "build.sh", "cpu-variants.c", "entrypoint.sh", "tiny_gguf.py"]
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "amx_tile_check.py", "build.sh", "cpu-variants.c", "entrypoint.sh", "patches", "tiny_gguf.py"]
     rendered = builder("render", "llamacpp-cuda", "--set", "cuda_version=13.0.2", "--blas", "blis").stdout
     assert (out / "Dockerfile").read_text() == rendered
     assert (out / "build.sh").read_bytes() == (REPO / "images" / "llamacpp" / "build.sh").read_bytes()
