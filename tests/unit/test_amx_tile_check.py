@@ -65,9 +65,8 @@ extern "C" int probe(void) {
 }
 """
 
-# What GCC 12.2 (Debian bookworm, the CPU image's compiler) made of UPSTREAM inside ggml_backend_amx_mul_mat: the
-# 64 bytes zeroed, palette_id stored, rows[] and colsb[] dropped.
-GCC12_SHIPPED = """
+# A 64-byte stack copy zeroed, palette_id 1 stored.
+STACK_COPY_ZEROED = """
     .text
     .globl tile_config_init
     .type tile_config_init, @function
@@ -79,23 +78,16 @@ tile_config_init:
     vpxor %xmm0,%xmm0,%xmm0
     vmovdqa64 %zmm0,0xc0(%rsp)
     movb $0x1,0xc0(%rsp)
+"""
+# What GCC 12.2 (Debian bookworm, the CPU image's compiler) made of UPSTREAM inside ggml_backend_amx_mul_mat: the
+# 64 bytes zeroed, palette_id stored, rows[] and colsb[] dropped.
+GCC12_SHIPPED = STACK_COPY_ZEROED + """
     ldtilecfg 0xc0(%rsp)
     leave
     ret
 """
 # The same stack copy with rows and colsb stored from registers that hold real values.
-STACK_COPY_WRITTEN = """
-    .text
-    .globl tile_config_init
-    .type tile_config_init, @function
-tile_config_init:
-    push %rbp
-    mov %rsp,%rbp
-    and $-64,%rsp
-    sub $0x100,%rsp
-    vpxor %xmm0,%xmm0,%xmm0
-    vmovdqa64 %zmm0,0xc0(%rsp)
-    movb $0x1,0xc0(%rsp)
+STACK_COPY_WRITTEN = STACK_COPY_ZEROED + """
     movabs $0x0040004000400040,%rax
     mov %rax,0xd0(%rsp)
     movl $0x10100808,0xf0(%rsp)
