@@ -11,16 +11,25 @@ from typing import Any
 
 import click
 
-from builder import build as builds
-from builder import catalog, ci, docker, download_steps, envfile, hardware, models, shapes, slurm, sync
-from builder import plan as planning
-from builder import download as downloads
-from builder import tags as tagging
-from builder.bench import bench_command
-from builder.catalog import Target
-from builder.errors import Stopped, UserError, own_signals, shown
-from builder.paths import check_folder, find_repo_root, repo_root
-from builder.render import render as render_dockerfile
+from builder.images import build as builds
+from builder.images import catalog
+from builder.images import publish as ci
+from builder.images import docker
+from builder.models import steps as download_steps
+from builder.plan import envfile
+from builder.plan import hardware
+from builder.models import catalog as models
+from builder.models import shapes
+from builder.cluster import slurm
+from builder.images import sync
+from builder.plan import planner as planning
+from builder.models import download as downloads
+from builder.images import tags as tagging
+from builder.bench.measure import bench_command
+from builder.images.catalog import Target
+from builder.core.errors import Stopped, UserError, own_signals, shown
+from builder.core.paths import check_folder, find_repo_root, repo_root
+from builder.images.render import render as render_dockerfile
 
 
 ERROR_MAX = 2000  # characters of an error line: a backstop; messages cut the user's values shorter themselves
@@ -146,7 +155,7 @@ def main() -> None:
     """Build the images and run the stacks that self-host DeepSeek-R1."""
 
 
-main.add_command(bench_command)  # builder/bench.py: its options live there
+main.add_command(bench_command)  # builder/bench/measure.py: its options live there
 
 
 @main.command("list")

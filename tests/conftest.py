@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from python_on_whales import DockerClient
 
-from builder.docker import Backend, find_backend
+from builder.images.docker import Backend, find_backend
 from support.prerequisites import REPO, ensure_base_image, llamacpp_source
 from support.local_hub import LocalHub
 from support.privileges import tmpfs

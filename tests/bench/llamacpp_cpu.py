@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builder import build, catalog  # noqa: E402
-from builder.docker import find_backend  # noqa: E402
+from builder.images import build, catalog  # noqa: E402
+from builder.images.docker import find_backend  # noqa: E402
 from support.prerequisites import ensure_base_image  # noqa: E402
 from support.tiny_gguf import write_tiny_model  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import Page
 
-from builder.docker import Backend
+from builder.images.docker import Backend
 from support.browser import chromium_page
 from support.open_webui import OPEN_WEBUI_IMAGE, build_image
 

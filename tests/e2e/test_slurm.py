@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from builder.docker import Backend
+from builder.images.docker import Backend
 from support.prerequisites import REPO
 from support.slurm import vllm_parse
 from support.vllm_venv import vllm_parser_python

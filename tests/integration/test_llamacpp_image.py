@@ -12,7 +12,8 @@ import pytest
 from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException
 
-from builder import build, catalog
+from builder.images import build
+from builder.images import catalog
 from support.http import LOOPBACK_ANY_PORT, post_json, published_url, status, wait_until_healthy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from builder.docker import Backend
+from builder.images.docker import Backend
 from support.http import post_json
 from support.prerequisites import REPO
 

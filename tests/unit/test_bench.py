@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from builder import bench
-from builder.errors import UserError
+from builder.bench import measure as bench
+from builder.core.errors import UserError
 from conftest import builder
 from support.signals import dispositions
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from builder.progress import DownloadProgress
+from builder.core.progress import DownloadProgress
 from conftest import DISTILL_FILE, DISTILL_REPO, FP8_REPO, GATED_REPO, R1_IQ1_S, R1_REPO
 from support.local_hub import TEST_TOKEN, LocalHub
 from support.prerequisites import REPO

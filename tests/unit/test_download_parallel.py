@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import transfer
-from builder.progress import human
+from builder.models import transfer
+from builder.core.progress import human
 from support.local_hub import CDN_HOST, TEST_TOKEN, LocalHub
 from support.prerequisites import REPO
 from test_download import builder, files_under, one_line_error

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import download as downloads
-from builder.errors import UserError
+from builder.models import download as downloads
+from builder.core.errors import UserError
 from conftest import DISTILL_FILE, DISTILL_REPO, R1_REPO
 from support import privileges
 from support.signals import dispositions

@@ -195,8 +195,8 @@ def test_empty_llama_arg_variables_count_as_unset(run):
 
 
 def test_the_image_uses_it_as_an_exec_form_entrypoint():
-    from builder import catalog
-    from builder.render import render
+    from builder.images import catalog
+    from builder.images.render import render
 
     for target in ("llamacpp-cpu", "llamacpp-cuda"):
         text = render(catalog.load().get(target))

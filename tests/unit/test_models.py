@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import download, modelfile, models
-from builder.errors import UserError
+from builder.models import download
+from builder.models import modelfile
+from builder.models import catalog as models
+from builder.core.errors import UserError
 from support.prerequisites import REPO
 
 CATALOG = models.load()
@@ -62,7 +64,7 @@ def test_vllm_serves_the_safetensors_entries():
 
 
 def test_every_engine_a_model_names_is_one_the_image_catalog_or_a_stack_runs():
-    from builder import catalog
+    from builder.images import catalog
 
     known = catalog.load().engines(REPO / "stacks")
     assert {"llamacpp", "ollama"} <= known

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import hardware, models
-from builder.errors import UserError
-from builder.models import Catalog
-from builder.plan import decode_estimate, plan_model, recommend, shape_for
-from builder.shapes import from_gguf
+from builder.plan import hardware
+from builder.models import catalog as models
+from builder.core.errors import UserError
+from builder.models.catalog import Catalog
+from builder.plan.planner import decode_estimate, plan_model, recommend, shape_for
+from builder.models.shapes import from_gguf
 from conftest import builder
 from support.tiny_gguf import write_tiny_deepseek2
 from test_stacks import compose

@@ -19,7 +19,9 @@ import pytest
 import yaml
 from wcmatch import glob as wglob
 
-from builder import catalog, ci, tags
+from builder.images import catalog
+from builder.images import publish as ci
+from builder.images import tags
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / ".github" / "workflows" / "images.yml"

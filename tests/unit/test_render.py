@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import catalog
-from builder.render import image_tag, render
+from builder.images import catalog
+from builder.images.render import image_tag, render
 from support.prerequisites import REPO
 
 CATALOG = catalog.load()

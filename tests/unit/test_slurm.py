@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import slurm
+from builder.cluster import slurm
 from conftest import builder
 from support.slurm import RAY_BACKEND, script_serve_args, vllm_parse
 from support.vllm_venv import vllm_parser_python

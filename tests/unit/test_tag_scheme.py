@@ -1,4 +1,4 @@
-"""The tag scheme (builder/tags.py), published variants, `builder tags`, `builder stage` and multi-platform pushes."""
+"""The tag scheme (builder/images/tags.py), published variants, `builder tags`, `builder stage` and multi-platform pushes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import catalog, tags
-from builder.errors import UserError
+from builder.images import catalog
+from builder.images import tags
+from builder.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

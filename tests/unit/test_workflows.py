@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import catalog
+from builder.images import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))

@@ -6,12 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 
 def repo_root() -> Path:
     """The checkout holding images/: $BUILDER_ROOT, else the folder above this package."""
-    root = Path(os.environ.get("BUILDER_ROOT") or Path(__file__).resolve().parent.parent)
+    root = Path(os.environ.get("BUILDER_ROOT") or Path(__file__).resolve().parents[2])
     if not (root / "images").is_dir():
         raise UserError(f"no images/ folder under {root}: install builder from a checkout (pip install -e .) or set BUILDER_ROOT")
     return root
@@ -19,7 +19,7 @@ def repo_root() -> Path:
 
 def find_repo_root() -> Path | None:
     """The checkout, or None where the builder package runs without one (the model-init image)."""
-    root = Path(os.environ.get("BUILDER_ROOT") or Path(__file__).resolve().parent.parent)
+    root = Path(os.environ.get("BUILDER_ROOT") or Path(__file__).resolve().parents[2])
     return root if (root / "images").is_dir() else None
 
 

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import click
 import httpx2
 
-from builder.errors import UserError, shown
-from builder.paths import check_file
-from builder.progress import CountProgress
+from builder.core.errors import UserError, shown
+from builder.core.paths import check_file
+from builder.core.progress import CountProgress
 
 CONCURRENCY_MAX = 4096
 REQUESTS_PER_SLOT = 4  # default requests per level: each slot serves several in turn, so the level runs full

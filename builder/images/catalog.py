@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from builder.errors import UserError, shown
-from builder.paths import images_dir
+from builder.core.errors import UserError, shown
+from builder.core.paths import images_dir
 
 PLATFORM = re.compile(r"^linux/(amd64|arm64)$")
 
@@ -170,11 +170,11 @@ def _published(target: Target, raw: Any, where: Path) -> tuple[Published, ...]:
 
 
 def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("builder").joinpath("image.schema.json").read_text())
+    return json.loads(resources.files("builder.images").joinpath("image.schema.json").read_text())
 
 
 def read_spec(spec_path: Path) -> dict[str, Any]:
-    """image.yaml, parsed and checked against builder/image.schema.json: one line naming the file and the key."""
+    """image.yaml, parsed and checked against builder/images/image.schema.json: one line naming the file and the key."""
     try:
         spec = yaml.safe_load(spec_path.read_text())
     except yaml.YAMLError as e:

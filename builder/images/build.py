@@ -21,12 +21,12 @@ from typing import Iterator, Mapping
 from python_on_whales.exceptions import DockerException
 from python_on_whales.utils import stream_stdout_and_stderr
 
-from builder import render
-from builder.catalog import Target
-from builder.docker import Backend
-from builder.errors import UserError, shown
-from builder.progress import BuildProgress
-from builder.tags import image_refs
+from builder.images import render
+from builder.images.catalog import Target
+from builder.images.docker import Backend
+from builder.core.errors import UserError, shown
+from builder.core.progress import BuildProgress
+from builder.images.tags import image_refs
 
 CONTEXT = "<context>"  # stands for the staging folder in a printed command
 SOURCE_EXCLUDES = {".git", "build", "node_modules", "__pycache__"}

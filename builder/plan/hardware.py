@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import UserError, shown
+from builder.core.errors import UserError, shown
 
 GIB = 1024**3
 

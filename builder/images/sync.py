@@ -21,10 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.catalog import Catalog, Target, read_spec
-from builder.errors import UserError
-from builder.render import image_tag, render
-from builder.tags import DEFAULT_REGISTRY, tags, variants
+from builder.images.catalog import Catalog, Target, read_spec
+from builder.core.errors import UserError
+from builder.images.render import image_tag, render
+from builder.images.tags import DEFAULT_REGISTRY, tags, variants
 
 # `${R1KIT_REGISTRY:-ghcr.io/r1kit}/llamacpp-cuda:b10864-cu12` (stacks) and `${R1KIT_REGISTRY}/llamacpp-cpu:b10864`
 # (.env.example): the target, and the tag that sync owns.

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.catalog import Catalog
-from builder.errors import UserError, shown
-from builder.tags import commit
-from builder.tags import registry as registry_of
-from builder.tags import tags, variants
+from builder.images.catalog import Catalog
+from builder.core.errors import UserError, shown
+from builder.images.tags import commit
+from builder.images.tags import registry as registry_of
+from builder.images.tags import tags, variants
 
 # Native runners: no QEMU emulation, which would make a CUDA compile take many hours.
 RUNNERS = {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}

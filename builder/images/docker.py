@@ -18,7 +18,7 @@ from typing import Mapping
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 INSTALL_HINT = "install Docker Engine with the buildx plugin (https://docs.docker.com/engine/install/)"
 

@@ -1,6 +1,6 @@
 """`builder slurm`: an sbatch script that starts a multi-node vLLM cluster (Ray) on SLURM.
 
-The script (templates/slurm.sbatch.j2) starts the per-node launcher `r1kit-cluster` (images/vllm/cluster.py) with
+The script (slurm.sbatch.j2) starts the per-node launcher `r1kit-cluster` (images/vllm/cluster.py) with
 srun: `head` on the first node (Ray head, the wait for every node, then `vllm serve`), `worker` on the others.
 A preset (slurm_presets.yaml) gives the cluster's shape and storage; options override each value. Everything is
 checked here, before anything is written or submitted: a layout vLLM would reject after loading 690 GB is one
@@ -23,12 +23,12 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
-from builder import catalog as images
-from builder import models
-from builder.errors import UserError, shown
-from builder.paths import check_file, find_repo_root
-from builder.render import image_tag
-from builder.tags import registry
+from builder.images import catalog as images
+from builder.models import catalog as models
+from builder.core.errors import UserError, shown
+from builder.core.paths import check_file, find_repo_root
+from builder.images.render import image_tag
+from builder.images.tags import registry
 
 LAUNCHERS = ("pyxis", "apptainer", "bare")
 GPU_REQUESTS = ("gres", "gpus-per-node", "none")
@@ -113,7 +113,7 @@ class Job:
 
 
 def load_presets(text: str | None = None) -> Presets:
-    raw = yaml.safe_load(text if text is not None else resources.files("builder").joinpath("slurm_presets.yaml").read_text())
+    raw = yaml.safe_load(text if text is not None else resources.files("builder.cluster").joinpath("slurm_presets.yaml").read_text())
     names = {f.name for f in fields(Preset)} - {"name"}
     out = {}
     for name, spec in raw["presets"].items():
@@ -279,7 +279,7 @@ def _gpu_step(j: Job) -> list[str]:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("builder", "templates"),
+        loader=jinja2.PackageLoader("builder.cluster", "."),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -36,11 +36,11 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers
 
-from builder import transfer
-from builder.errors import UserError, raise_stopped, shown
-from builder.models import Selection, describe_files
-from builder.paths import atomic_write
-from builder.progress import DownloadProgress, human
+from builder.models import transfer
+from builder.core.errors import UserError, raise_stopped, shown
+from builder.models.catalog import Selection, describe_files
+from builder.core.paths import atomic_write
+from builder.core.progress import DownloadProgress, human
 
 MIB = 1024**2
 # Free space left after the download unless --min-free says otherwise: 3% of what is written, at least 16 MiB for

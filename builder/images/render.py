@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from builder.catalog import Target
+from builder.images.catalog import Target
 
 
 def _environment(target: Target) -> jinja2.Environment:

@@ -1,4 +1,4 @@
-"""The model catalog (builder/models.yaml) and turning what the user typed into a selection of Hub files.
+"""The model catalog (builder/models/models.yaml) and turning what the user typed into a selection of Hub files.
 
 A selection is a repository, include patterns and a revision: a catalog name (`r1-671b-ud-iq1_s`), a repository
 with patterns (`owner/repo --include '*.gguf'`) or a repository with a quant (`owner/repo:UD-IQ1_S`, the folder or
@@ -18,7 +18,7 @@ import yaml
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from builder.errors import UserError, shown
+from builder.core.errors import UserError, shown
 
 FORMATS = ("gguf", "safetensors")
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -130,7 +130,7 @@ def valid_repo_id(repo: str) -> bool:
 
 def load(text: str | None = None) -> Catalog:
     """The catalog shipped with the package (or parsed from `text`)."""
-    raw = yaml.safe_load(text if text is not None else resources.files("builder").joinpath("models.yaml").read_text())
+    raw = yaml.safe_load(text if text is not None else resources.files("builder.models").joinpath("models.yaml").read_text())
     models = {name: _model(name, spec) for name, spec in raw["models"].items()}
     if raw["default"] not in models:
         raise UserError(f"models.yaml: the default {raw['default']!r} is not in the catalog")

@@ -31,9 +31,9 @@ import httpx2
 from huggingface_hub import constants
 from huggingface_hub.utils import get_session, hf_raise_for_status
 
-from builder.errors import UserError
-from builder.paths import atomic_write
-from builder.progress import DownloadProgress, human
+from builder.core.errors import UserError
+from builder.core.paths import atomic_write
+from builder.core.progress import DownloadProgress, human
 
 RETRIES = 5  # consecutive failed attempts of a part (no byte received) before giving up
 RECORD_EVERY = 8 * 1024**2  # bytes of a file between updates of its control record

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder.errors import UserError, shown
+from builder.core.errors import UserError, shown
 
 # DeepSeek-R1 (and its distills) chat format: full-width bars and U+2581 in the special tokens. The same template
 # Ollama's own deepseek-r1 models use; the reasoning (<think>...</think>) comes back in the assistant's content.

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from builder.catalog import Target
-from builder.errors import UserError, shown
-from builder.render import image_tag
+from builder.images.catalog import Target
+from builder.core.errors import UserError, shown
+from builder.images.render import image_tag
 
 DEFAULT_REGISTRY = "ghcr.io/r1kit"
 DEFAULT_VARIANT = "default"  # the name of a variant whose versioned tag is the bare engine version

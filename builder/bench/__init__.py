@@ -1,0 +1,1 @@
+"""`builder bench`: load against an OpenAI-compatible server, its statistics and its report."""

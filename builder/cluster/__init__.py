@@ -1,0 +1,1 @@
+"""`builder slurm`: vLLM across nodes with Ray, as a SLURM job."""
