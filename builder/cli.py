@@ -11,26 +11,22 @@ from typing import Any
 
 import click
 
-from builder.images import build as builds
-from builder.images import catalog
-from builder.images import publish as ci
-from builder.images import docker
-from builder.models import steps as download_steps
-from builder.plan import envfile
-from builder.plan import hardware
-from builder.models import catalog as models
-from builder.models import shapes
-from builder.cluster import slurm
-from builder.images import sync
-from builder.plan import planner as planning
-from builder.models import download as downloads
-from builder.images import tags as tagging
 from builder.bench.measure import bench_command
-from builder.images.catalog import Target
+from builder.cluster import slurm
 from builder.core.errors import Stopped, UserError, own_signals, shown
 from builder.core.paths import check_folder, find_repo_root, repo_root
+from builder.images import build as builds
+from builder.images import catalog, docker, sync
+from builder.images import workflow as ci
+from builder.images import tags as tagging
+from builder.images.catalog import Target
 from builder.images.render import render as render_dockerfile
-
+from builder.models import catalog as models
+from builder.models import download as downloads
+from builder.models import shapes
+from builder.models import steps as download_steps
+from builder.plan import envfile, hardware
+from builder.plan import planner as planning
 
 ERROR_MAX = 2000  # characters of an error line: a backstop; messages cut the user's values shorter themselves
 USAGE_MAX = 300  # click's usage messages: short but for the value they repeat

@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 import random
 import re
 import statistics
@@ -22,7 +21,7 @@ import click
 import httpx2
 
 from builder.core.errors import UserError, shown
-from builder.core.paths import check_file
+from builder.core.paths import atomic_write, check_file
 from builder.core.progress import CountProgress
 
 CONCURRENCY_MAX = 4096
@@ -544,18 +543,8 @@ def plot(result: Result, path: Path) -> None:
         ax.set_xlabel("concurrent requests")
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{result.model} at {result.settings.url}", fontsize=10)
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file beside `path`: an interrupted run leaves no half file under the name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- the command --------------------------------------------------------------------------------------------------
@@ -598,7 +587,7 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
     finally:
         progress.close()
     if json_path is not None:
-        _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(to_json(result), indent=1) + "\n"))
+        atomic_write(json_path, json.dumps(to_json(result), indent=1) + "\n")
     if plot_path is not None:
         plot(result, plot_path)
     click.echo(table(result), nl=False)

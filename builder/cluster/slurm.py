@@ -9,12 +9,10 @@ checked here, before anything is written or submitted: a layout vLLM would rejec
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -23,12 +21,13 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
-from builder.images import catalog as images
-from builder.models import catalog as models
 from builder.core.errors import UserError, shown
-from builder.core.paths import check_file, find_repo_root
+from builder.core.paths import atomic_write, check_file, find_repo_root
+from builder.core.templates import environment
+from builder.images import catalog as images
 from builder.images.render import image_tag
 from builder.images.tags import registry
+from builder.models import catalog as models
 
 LAUNCHERS = ("pyxis", "apptainer", "bare")
 GPU_REQUESTS = ("gres", "gpus-per-node", "none")
@@ -278,17 +277,8 @@ def _gpu_step(j: Job) -> list[str]:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("builder.cluster", "."),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # a shell script, not HTML
-        # Bash's ${#array[@]} would open a Jinja comment.
-        comment_start_string="{{#",
-        comment_end_string="#}}",
-    )
+    # Bash's ${#array[@]} would open a Jinja comment.
+    env = environment(jinja2.PackageLoader("builder.cluster", "."), comment_start_string="{{#", comment_end_string="#}}")
     env.filters["q"] = lambda value: shlex.quote(str(value))
     return env
 
@@ -315,15 +305,7 @@ def write(path: Path, text: str, force: bool = False) -> None:
     check_file(path, "-o")
     if path.exists() and not force:
         raise UserError(f"-o {path} exists: give --force to replace it, or another path")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, mode=0o755)
 
 
 def submit(text: str, sbatch: str | None = None) -> str:

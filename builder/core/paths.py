@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from builder.core.errors import UserError
 
@@ -47,15 +48,24 @@ def check_file(path: Path, what: str) -> None:
     check_folder(path.parent, what)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file in the same folder, then rename."""
+def atomic_write(path: Path, content: str | Callable[[Path], None], *, mode: int = 0o644,
+                 check: Callable[[Path], None] | None = None) -> None:
+    """The whole file under `path` or nothing: `content` (text, or a function that writes the file it is given) goes
+    to a temp file in the same folder, `check` may refuse it, and a rename puts it in place. An interrupted or refused
+    write leaves the old file as it was and no temp file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # readable by the engines' users, like the model files
+        if callable(content):
+            os.close(fd)
+            content(tmp)
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(content)
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, mode)  # 0644 by default: readable by the engines' users, like the model files
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -21,11 +21,11 @@ from typing import Iterator, Mapping
 from python_on_whales.exceptions import DockerException
 from python_on_whales.utils import stream_stdout_and_stderr
 
+from builder.core.errors import UserError, shown
+from builder.core.progress import BuildProgress
 from builder.images import render
 from builder.images.catalog import Target
 from builder.images.docker import Backend
-from builder.core.errors import UserError, shown
-from builder.core.progress import BuildProgress
 from builder.images.tags import image_refs
 
 CONTEXT = "<context>"  # stands for the staging folder in a printed command

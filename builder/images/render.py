@@ -6,18 +6,12 @@ from typing import Any, Mapping
 
 import jinja2
 
+from builder.core.templates import environment
 from builder.images.catalog import Target
 
 
 def _environment(target: Target) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(target.folder),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # Dockerfiles, not HTML
-    )
+    return environment(jinja2.FileSystemLoader(target.folder))
 
 
 def context(target: Target, settings: Mapping[str, str]) -> dict[str, Any]:
@@ -36,4 +30,4 @@ def render(target: Target, settings: Mapping[str, str] | None = None) -> str:
 def image_tag(target: Target, settings: Mapping[str, str] | None = None) -> str:
     """The versioned tag of this variant, from the spec's `tag` template (e.g. b10864-cu12-blis)."""
     values = context(target, settings or {})
-    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(target.tag).render(values).strip()
+    return environment().from_string(target.tag).render(values).strip()

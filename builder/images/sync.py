@@ -15,14 +15,13 @@ docker-library's apply-templates.sh and its verify job do.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.images.catalog import Catalog, Target, read_spec
 from builder.core.errors import UserError
+from builder.core.paths import atomic_write
+from builder.images.catalog import Catalog, Target, read_spec
 from builder.images.render import image_tag, render
 from builder.images.tags import DEFAULT_REGISTRY, tags, variants
 
@@ -115,15 +114,7 @@ def write(root: Path, catalog: Catalog) -> list[Path]:
         if g.text is None:
             g.path.unlink()
             continue
-        fd, tmp = tempfile.mkstemp(dir=g.path.parent, prefix=f".{g.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(g.text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, g.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(g.path, g.text)
     return [g.path for g in changed]
 
 
@@ -155,12 +146,4 @@ def pin(folder: Path, version: str, sha256: str | None) -> None:
                 indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
                 lines[i] = f"{indent}sha256: {sha256}\n"
                 break
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".image.yaml.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(lines))
-        read_spec(Path(tmp))  # a version the schema refuses never replaces the file
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, spec)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(spec, "".join(lines), check=read_spec)  # a version the schema refuses never replaces the file

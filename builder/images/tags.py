@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from builder.images.catalog import Target
 from builder.core.errors import UserError, shown
+from builder.images.catalog import Target
 from builder.images.render import image_tag
 
 DEFAULT_REGISTRY = "ghcr.io/r1kit"

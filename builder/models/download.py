@@ -36,11 +36,11 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers
 
-from builder.models import transfer
 from builder.core.errors import UserError, raise_stopped, shown
-from builder.models.catalog import Selection, describe_files
 from builder.core.paths import atomic_write
 from builder.core.progress import DownloadProgress, human
+from builder.models import transfer
+from builder.models.catalog import SHARD, Selection, describe_files
 
 MIB = 1024**2
 # Free space left after the download unless --min-free says otherwise: 3% of what is written, at least 16 MiB for
@@ -52,7 +52,6 @@ SIZE_MAX = 2**60  # an exbibyte: anything larger is a typo
 DEFAULT_TOKEN_PATH = Path("/run/secrets/hf_token")  # where compose mounts a `secrets: [hf_token]`
 TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose secret), and accept the model's terms on its Hub page"
 STATE_DIR = ".r1kit"
-SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 CHUNK = 1024 * 1024
 MERGE_TOOL = "llama-gguf-split"
 # Parallel ranged fetches (builder/transfer.py). Both defaults come from the benchmark in docs/PERFORMANCE.md.

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from builder.core.errors import UserError, shown
+from builder.models.catalog import SHARD
 
 GB = 10**9
 EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_(ch|)exps\.")
-SHARD = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def shards(path: Path) -> list[Path]:
     m = SHARD.match(path.name)
     if not m:
         return [path]
-    found = [path.with_name(f"{m.group(1)}-{k:05d}-of-{m.group(3)}.gguf") for k in range(1, int(m.group(3)) + 1)]
+    found = [path.with_name(f"{m['stem']}-{k:05d}-of-{m['count']}.gguf") for k in range(1, int(m["count"]) + 1)]
     missing = [p.name for p in found if not p.is_file()]
     if missing:
         raise UserError(f"{path}: shard {missing[0]} of the set is missing; download the whole set first")

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.models import download as downloads
-from builder.models import modelfile as modelfiles
-from builder.models import catalog as models
 from builder.core.errors import UserError
 from builder.core.paths import atomic_write, check_file, check_folder
 from builder.core.progress import DownloadProgress, human
+from builder.models import catalog as models
+from builder.models import download as downloads
+from builder.models import modelfile as modelfiles
 
 
 @dataclass(frozen=True)

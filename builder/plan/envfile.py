@@ -3,13 +3,12 @@ secrets, comments, order), and say what changed."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from builder.core.errors import UserError
+from builder.core.paths import atomic_write
 
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 
@@ -42,15 +41,7 @@ def update(path: Path, values: Mapping[str, str]) -> list[tuple[str, str | None,
         changes.append((key, None, values[key]))
     if changes:
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(out) + "\n")
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, "\n".join(out) + "\n", mode=mode)
     return changes
 
 

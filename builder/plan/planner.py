@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from builder.core.errors import UserError
-from builder.plan.hardware import GIB, Machine
 from builder.models.catalog import Catalog, Model
 from builder.models.shapes import GB, Shape, from_catalog
+from builder.plan.hardware import GIB, Machine
 
 MARGIN = 1 * GIB  # left free on each GPU, as llama.cpp's --fit leaves by default (1024 MiB)
 COMPUTE_BASE = 512 * 1024**2  # llama.cpp's CUDA compute buffer at the default 512-token micro-batch, before logits

@@ -48,7 +48,7 @@ FROM source-${LLAMACPP_SOURCE} AS source
 FROM source AS build
 # portable: every CPU kernel variant, the fastest picked at run time; native: -march=native, this host only.
 ARG CPU_TARGET=portable
-# Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/images/publish.py JOBS).
+# Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/images/workflow.py JOBS).
 ARG JOBS=
 # build.sh patches and compiles, amx_tile_check.py reads the AMX kernels' machine code; cpu-variants.c and
 # tiny_gguf.py make what the entrypoint picks the CPU kernels with.

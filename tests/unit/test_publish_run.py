@@ -20,7 +20,7 @@ import yaml
 from wcmatch import glob as wglob
 
 from builder.images import catalog
-from builder.images import publish as ci
+from builder.images import workflow as ci
 from builder.images import tags
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.images.catalog import Catalog
 from builder.core.errors import UserError, shown
-from builder.images.tags import commit
+from builder.images.catalog import Catalog
+from builder.images.tags import commit, tags, variants
 from builder.images.tags import registry as registry_of
-from builder.images.tags import tags, variants
 
 # Native runners: no QEMU emulation, which would make a CUDA compile take many hours.
 RUNNERS = {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}
