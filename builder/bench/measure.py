@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -17,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import httpx2
 
 from builder.core.errors import UserError, shown
-from builder.core.paths import atomic_write, check_file
+from builder.core.paths import atomic_write
 from builder.core.progress import CountProgress
 
 CONCURRENCY_MAX = 4096
@@ -545,49 +543,3 @@ def plot(result: Result, path: Path) -> None:
     fig.suptitle(f"{result.model} at {result.settings.url}", fontsize=10)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-# --- the command --------------------------------------------------------------------------------------------------
-
-
-@click.command("bench")
-@click.argument("url")
-@click.option("--model", help="The model to ask for (default: the one the server lists at /v1/models).")
-@click.option("--concurrency", default="1,4,16,64", show_default=True, help="Requests in flight at once, one level each, comma-separated.")
-@click.option("--requests", type=click.IntRange(min=1), help=f"Requests per level (default {REQUESTS_PER_SLOT} per concurrent slot, at least {REQUESTS_MIN}).")
-@click.option("--prompt-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True, help="Prompt length in tokens (random words, different per request).")
-@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True, help="Output tokens per request.")
-@click.option("--api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True, help="/v1/chat/completions or /v1/completions.")
-@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True, help="Ask the server to generate all --max-tokens (vLLM, SGLang, llama-server).")
-@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), help="A file holding the server's API key.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds one request may take.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write the results (with every request) as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH.png", help="Also plot throughput and latency against concurrency.")
-def bench_command(url: str, model: str | None, concurrency: str, requests: int | None, prompt_tokens: int, max_tokens: int,
-                  api: Api, ignore_eos: bool, api_key_file: Path | None, timeout: float, seed: int, json_path: Path | None,
-                  plot_path: Path | None) -> None:
-    """Load-test the OpenAI-compatible server at URL: per concurrency level, requests/s, output tokens/s, time to first
-    token and inter-token latency (p50, p99), errors; a Markdown table on stdout."""
-    levels = parse_concurrency(concurrency)
-    check_requests(requests, levels)
-    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
-        if path is not None:
-            check_file(path, what)
-    if plot_path is not None and plot_path.suffix.lower() != ".png":
-        raise UserError(f"--plot {plot_path}: the plot is a PNG; name it *.png")
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UserError("--plot needs matplotlib: install builder with its bench extra (pip install -e '.[bench]'), or leave --plot out")
-    settings = Settings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
-                        max_tokens=max_tokens, api=api, ignore_eos=ignore_eos,
-                        api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed)
-    progress = CountProgress("bench")
-    try:
-        result = asyncio.run(run(settings, progress))
-    finally:
-        progress.close()
-    if json_path is not None:
-        atomic_write(json_path, json.dumps(to_json(result), indent=1) + "\n")
-    if plot_path is not None:
-        plot(result, plot_path)
-    click.echo(table(result), nl=False)

@@ -50,9 +50,9 @@ WAIT_TIMEOUT = 900
 
 
 @dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
+class Layout:
+    """What a preset fixes and a job may override: the machines, the parallelism, the model's storage and size."""
+
     nodes: int
     gpus_per_node: int
     tensor_parallel: int
@@ -62,6 +62,12 @@ class Preset:
     download: bool
     max_model_len: int
     gpu_memory_utilization: float
+
+
+@dataclass(frozen=True)
+class Preset(Layout):
+    name: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -77,19 +83,10 @@ class Presets:
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Layout):
     """Every setting of one script, checked (see `check`)."""
 
     preset: str
-    nodes: int
-    gpus_per_node: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    arch: str
-    models_dir: str
-    download: bool
-    max_model_len: int
-    gpu_memory_utilization: float
     model: str = "r1-671b-fp8"
     launcher: str = "pyxis"
     image: str | None = None  # None: the project's published vLLM image
@@ -125,7 +122,7 @@ def load_presets(text: str | None = None) -> Presets:
 
 def job(preset: Preset, overrides: Mapping[str, Any]) -> Job:
     """The preset's values, each replaced by an option the user gave (None: not given)."""
-    base = {f.name: getattr(preset, f.name) for f in fields(Preset) if f.name not in ("name", "description")}
+    base = {f.name: getattr(preset, f.name) for f in fields(Layout)}
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {f.name for f in fields(Job)}
     if unknown:

@@ -26,6 +26,7 @@ from builder.core.progress import BuildProgress
 from builder.images import render
 from builder.images.catalog import Target
 from builder.images.docker import Backend
+from builder.images.options import parse_pairs
 from builder.images.tags import image_refs
 
 CONTEXT = "<context>"  # stands for the staging folder in a printed command
@@ -64,16 +65,6 @@ class BuildPlan:
     def shell_line(self, backend: Backend, context: str = CONTEXT) -> str:
         env = [f"{k}={v}" for k, v in backend.env.items()]
         return shlex.join([*env, *self.command(backend, context)])
-
-
-def _parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"{what} {shown(pair)} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 NAMED_SOURCE = re.compile(r"^([a-z][a-z0-9-]*)=(.+)$")
@@ -121,7 +112,7 @@ def plan(
 ) -> BuildPlan:
     """Check every input and fix the build; nothing is written or run."""
     target.check_platforms(platforms)
-    args = _parse_pairs(build_args, "--build-arg")
+    args = parse_pairs(build_args, "--build-arg")
     if source is not None:
         if not target.source_arg:
             raise UserError(f"target {target.name} takes no --source")
@@ -149,6 +140,19 @@ def plan(
 
 
 STAGE_EXCLUDES = {"image.yaml", "source"}  # and source-NAME/ folders (below)
+
+
+def check_backend(build: BuildPlan, backend: Backend) -> None:
+    """Checked before a dry run too, so that it never prints a command that would build one platform of several."""
+    if len(build.platforms) > 1 and backend.kind != "buildx":
+        raise UserError("building several platforms needs the docker buildx plugin")
+
+
+def dry_run(build: BuildPlan, backend: Backend) -> list[str]:
+    """What `--dry-run` prints: what the context holds, then the command."""
+    staged = ([f"{build.source} as source/"] if build.source else []) + [f"{p} as source-{n}/" for n, p in build.extra_sources.items()]
+    return [f"# {CONTEXT}: {build.target.folder}, the rendered Dockerfile" + "".join(f", and {s}" for s in staged),
+            build.shell_line(backend)]
 
 
 def _check_outside_sources(build: BuildPlan, into: Path) -> None:

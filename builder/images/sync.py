@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.core.errors import UserError
+from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write
-from builder.images.catalog import Catalog, Target, read_spec
+from builder.images.catalog import Catalog, Target, load, read_spec
 from builder.images.render import image_tag, render
 from builder.images.tags import DEFAULT_REGISTRY, tags, variants
 
@@ -147,3 +147,15 @@ def pin(folder: Path, version: str, sha256: str | None) -> None:
                 lines[i] = f"{indent}sha256: {sha256}\n"
                 break
     atomic_write(spec, "".join(lines), check=read_spec)  # a version the schema refuses never replaces the file
+
+
+def pin_engine(root: Path, engine: str, version: str, sha256: str | None) -> list[Path]:
+    """`builder pin`: ENGINE (a folder under images/) at VERSION, with the tarball's sha256 where the folder builds
+    from a release tarball, then everything derived from it; the files written."""
+    before = load(root / "images")
+    if engine not in before.pins:
+        raise UserError(f"no image folder {shown(engine)}: choose one of {', '.join(sorted(before.pins))}")
+    if before.pins[engine].url and sha256 is None:
+        raise UserError(f"{engine} builds from {before.pins[engine].url}: give that tarball's --sha256 at {version}")
+    pin(root / "images" / engine, version, sha256)
+    return write(root, load(root / "images"))

@@ -23,6 +23,7 @@ from builder.core.errors import UserError, shown
 FORMATS = ("gguf", "safetensors")
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 QUANT = re.compile(r"^[A-Za-z0-9_.-]+$")
+CONTEXT_MAX = 1024 * 1024  # tokens: beyond any model's context, so a larger value is a typo
 # A split GGUF's file name, as llama-gguf-split writes it (NAME-00001-of-00003.gguf).
 SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 

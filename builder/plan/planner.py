@@ -15,11 +15,12 @@ where they lie; it is an estimate to compare choices, said as one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 from builder.core.errors import UserError
 from builder.models.catalog import Catalog, Model
-from builder.models.shapes import GB, Shape, from_catalog
+from builder.models.shapes import GB, Shape, from_catalog, from_gguf
 from builder.plan.hardware import GIB, Machine
 
 MARGIN = 1 * GIB  # left free on each GPU, as llama.cpp's --fit leaves by default (1024 MiB)
@@ -359,6 +360,24 @@ def recommend(catalog: Catalog, machine: Machine, engine: str | None, context: i
         if reasons:
             passed.append(f"{model.name} ({model.approx_size_gb:g} GB): " + "; ".join(reasons))
     raise UserError("nothing in the catalog fits this machine" + (f" with {engine}" if engine else "") + "; see `builder models`")
+
+
+FILE_ENGINE = "llamacpp"  # a .gguf file named directly: llama.cpp loads it as it is
+
+
+def choose(catalog: Catalog, machine: Machine, model: str | None, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
+    """`builder plan [MODEL]`: the recommendation (no MODEL), a downloaded .gguf (its header gives the exact sizes;
+    the stack's MODEL stays as it is), or a catalog name on its first engine the planner knows. Returns the plan and
+    the better models passed over."""
+    if model is None:
+        return recommend(catalog, machine, engine, context)
+    if model.endswith(".gguf") or "/" in model:
+        return plan_model(Path(model).name, from_gguf(Path(model)), machine, engine or FILE_ENGINE, context, catalog_name=False), []
+    entry = catalog.get(model)
+    engines = engines_for(entry, engine)
+    if not engines:
+        raise UserError(f"{model}: the planner knows none of its engines ({', '.join(entry.engines) or 'none yet'})")
+    return plan_model(model, shape_for(entry, catalog.architectures), machine, engines[0], context), []
 
 
 def report(plan: Plan, machine: Machine, passed: list[str] | None = None) -> str:

@@ -1,0 +1,212 @@
+"""The image commands: list, render, stage, build, tags, sync, pin, upstreams, and the images workflow's steps
+(matrix, publish-gate, digests, check-index). Each parses, calls its domain module and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from builder.core.command import error_line
+from builder.core.errors import UserError
+from builder.core.paths import check_folder, repo_root
+from builder.images import build as builds
+from builder.images import catalog, docker, listing, sync, workflow
+from builder.images.options import platforms as split_platforms
+from builder.images.options import settings as chosen_settings
+from builder.images.render import render as render_dockerfile
+from builder.images.tags import image_refs
+
+# The options a target declares in image.yaml are taken as flags too (`--blas blis`): click leaves them in ctx.args
+# and options.settings checks each against the target.
+TARGET_OPTIONS = {"ignore_unknown_options": True, "allow_extra_args": True}
+SOURCE_HELP = "Build from this checkout or tarball (staged as source/); NAME=PATH for a named source (see image.yaml extra_sources)."
+REGISTRY_HELP = "Registry and owner (default $BUILDER_REGISTRY or ghcr.io/r1kit)."
+
+
+def option_flags(f):
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a target option (see `builder list`); or --KEY VALUE.")(f)
+    return click.option("--variant", help="Start from a published variant's options, e.g. cu13-blis (see `builder list`).")(f)
+
+
+def release_flag(f):
+    return click.option("--release", help="This project's release (v0.2.0): only its immutable tags (<version>-r1kit<release>; model-init: the release).")(f)
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (the images workflow's build matrix).")
+def list_targets(as_json: bool) -> None:
+    """Every target with its platforms and options."""
+    rows = [listing.describe(t) for t in catalog.load().targets.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo("\n".join(listing.lines(row)))
+
+
+@click.command(context_settings=TARGET_OPTIONS)
+@click.argument("target")
+@option_flags
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write DIR/Dockerfile instead of printing it.")
+@click.pass_context
+def render(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], output: Path | None) -> None:
+    """Print TARGET's Dockerfile, or write it under DIR."""
+    if output is not None:
+        check_folder(output, "-o")
+    t = catalog.load().get(target)
+    text = render_dockerfile(t, chosen_settings(t, variant, sets, ctx.args))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "Dockerfile").write_text(text)
+    click.echo(output / "Dockerfile", err=True)
+
+
+@click.command(context_settings=TARGET_OPTIONS)
+@click.argument("target")
+@option_flags
+@click.option("--source", "sources", multiple=True, metavar="[NAME=]PATH", help=SOURCE_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new or empty folder.")
+@click.pass_context
+def stage(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], sources: tuple[str, ...], output: Path) -> None:
+    """Write TARGET's full build context (what `builder build` sends to BuildKit) into DIR."""
+    check_folder(output, "-o")
+    t = catalog.load().get(target)
+    source, named = builds.split_sources(t, sources)
+    builds.stage(builds.plan(t, chosen_settings(t, variant, sets, ctx.args), source=source, extra_sources=named), output)
+    click.echo(output, err=True)
+
+
+@click.command(context_settings=TARGET_OPTIONS)
+@click.argument("target")
+@option_flags
+@click.option("--platform", "platforms", multiple=True, help="linux/amd64, linux/arm64 (repeat or comma-separate).")
+@click.option("--tag", "tags", multiple=True, help="Image reference to tag (default: the project's scheme, see README).")
+@click.option("--registry", help="Registry and owner for the default tags (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
+@release_flag
+@click.option("--push", is_flag=True, help="Push the image (and build every --platform).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Pass a build arg to docker.")
+@click.option("--source", "sources", multiple=True, metavar="[NAME=]PATH", help=SOURCE_HELP)
+@click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
+@click.option("--dry-run", is_flag=True, help="Print the docker command and build nothing.")
+@click.pass_context
+def build(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], platforms: tuple[str, ...], tags: tuple[str, ...],
+          registry: str | None, release: str | None, push: bool, build_args: tuple[str, ...], sources: tuple[str, ...],
+          no_cache: bool, dry_run: bool) -> None:
+    """Build TARGET's image with BuildKit, then run its smoke test."""
+    t = catalog.load().get(target)
+    source, named = builds.split_sources(t, sources)
+    plan = builds.plan(t, chosen_settings(t, variant, sets, ctx.args), platforms=split_platforms(platforms), tags=tags,
+                       build_args=build_args, source=source, extra_sources=named, push=push, no_cache=no_cache,
+                       registry=registry, release=release)
+    backend = docker.dry_run_backend() if dry_run else docker.find_backend()
+    builds.check_backend(plan, backend)
+    if dry_run:
+        click.echo("\n".join(builds.dry_run(plan, backend)))
+        return
+    builds.run(plan, backend)
+    output = builds.smoke_test(plan, backend)
+    if output:
+        click.echo(output.strip().splitlines()[-1], err=True)
+    click.echo("\n".join(plan.tags))
+
+
+@click.command(context_settings=TARGET_OPTIONS)
+@click.argument("target")
+@option_flags
+@click.option("--registry", help=REGISTRY_HELP)
+@release_flag
+@click.option("--sha", help="The commit of a push to main: adds its sha-<commit> tag.")
+@click.pass_context
+def tags(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None, sha: str | None) -> None:
+    """Print the image references `builder build` and the images workflow tag TARGET with, one a line."""
+    t = catalog.load().get(target)
+    click.echo("\n".join(image_refs(t, chosen_settings(t, variant, sets, ctx.args), registry, release, sha)))
+
+
+@click.command("sync")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
+def sync_command(check: bool) -> None:
+    """Regenerate what derives from images/*/image.yaml: the committed renders, the stacks' default image tags,
+    the README's tag table."""
+    root = repo_root()
+    cat = catalog.load()
+    if check:
+        stale = sync.stale(root, cat)
+        if stale:
+            error_line(f"out of date: {', '.join(str(p.relative_to(root)) for p in stale)}; run `builder sync`")
+            sys.exit(1)
+        return
+    for path in sync.write(root, cat):
+        click.echo(path.relative_to(root), err=True)
+
+
+@click.command()
+@click.argument("engine")
+@click.argument("version")
+@click.option("--sha256", help="The sha256 of the release tarball (image.yaml source.url) at VERSION.")
+def pin(engine: str, version: str, sha256: str | None) -> None:
+    """Pin ENGINE (a folder under images/) to VERSION, then sync: what the bump workflow runs."""
+    root = repo_root()
+    for path in sync.pin_engine(root, engine, version, sha256):
+        click.echo(path.relative_to(root), err=True)
+
+
+@click.command()
+def upstreams() -> None:
+    """One line per engine that the bump workflow follows: FOLDER REPO TAG_PATTERN VERSION SHA256 URL_TEMPLATE
+    (SHA256 is `-` until computed)."""
+    for p in catalog.load().pins.values():
+        if p.upstream_repo:
+            click.echo(" ".join([p.folder, p.upstream_repo, p.tag_pattern or ".", p.version, p.sha256 or "-", p.url or "-"]))
+
+
+@click.command()
+@click.option("--job", type=click.Choice(["build", "merge"]), required=True, help="build: one entry per variant and platform; merge: per variant.")
+@click.option("--registry", help=REGISTRY_HELP)
+@release_flag
+@click.option("--sha", help="The commit a push to main builds: adds its immutable sha-<commit> tags.")
+@click.option("--source", default="", help="The repository's URL, for the index's org.opencontainers.image.source annotation.")
+def matrix(job: str, registry: str | None, release: str | None, sha: str | None, source: str) -> None:
+    """Print the images workflow's matrix include list for JOB as one line of JSON."""
+    click.echo(json.dumps(workflow.matrix(catalog.load(), job, registry, release, sha, source), separators=(",", ":")))
+
+
+@click.command("publish-gate")
+@click.option("--event", required=True, help="github.event_name")
+@click.option("--ref", required=True, help="github.ref (refs/heads/main, refs/tags/v0.2.0, ...)")
+@click.option("--sha", default="", help="github.sha")
+@click.option("--main-head", default="", help="main's head commit now: a run of an older main commit publishes nothing.")
+def publish_gate(event: str, ref: str, sha: str, main_head: str) -> None:
+    """Print publish=, release=, sha=, reason= lines (for $GITHUB_OUTPUT): only main and release tags publish."""
+    click.echo("\n".join(workflow.publish_gate(event, ref, sha, main_head).lines()))
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--image", required=True, help="The image the digests belong to (registry/owner/target).")
+@click.option("--platforms", required=True, help="The variant's platforms, comma-separated (the merge matrix's `platforms`).")
+def digests(folder: Path, image: str, platforms: str) -> None:
+    """Print IMAGE@sha256:... for each digest file in FOLDER: exactly one per platform, or fail."""
+    click.echo("\n".join(workflow.digest_refs(folder, image, split_platforms(platforms))))
+
+
+@click.command("check-index")
+@click.argument("index", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--platforms", required=True, help="The platforms the index must hold, comma-separated.")
+@click.option("--digest", "digest_refs", multiple=True, help="IMAGE@sha256:... the builds pushed (each must be in the index).")
+@click.option("--annotation", "annotations", multiple=True, help="index:KEY=VALUE the index must carry.")
+def check_index(index: Path, platforms: str, digest_refs: tuple[str, ...], annotations: tuple[str, ...]) -> None:
+    """Check a pushed index (`docker buildx imagetools inspect --raw`) against the variant's platforms and digests."""
+    problems = workflow.check_index(workflow.load_index(index), split_platforms(platforms),
+                                    tuple(d.split("@", 1)[-1] for d in digest_refs), annotations)
+    if problems:
+        raise UserError(f"{index}: " + "; ".join(problems))
+    click.echo(f"{index}: {platforms}", err=True)
+
+
+COMMANDS = (list_targets, render, stage, build, tags, sync_command, pin, upstreams, matrix, publish_gate, digests, check_index)
