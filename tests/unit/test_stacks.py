@@ -248,6 +248,20 @@ def test_our_services_are_hardened_in_every_combination(combo):
         assert spec.get("init", False) is (service in ONE_SHOTS), f"{name}: {service}"
 
 
+def test_open_webui_runs_the_one_start_script_with_the_engines_key(combo):
+    """Every Open WebUI starts through stacks/open-webui-start.sh, mounted as secrets-init's script is, and reads the
+    very key file its engine reads (none for Ollama, whose API has no key)."""
+    name, cfg = combo
+    services = cfg["services"]
+    webui = services["open-webui"]
+    assert webui["command"] == ["bash", "/r1kit/open-webui-start.sh"] and webui.get("entrypoint") is None, name
+    assert [(c["source"], c["target"]) for c in webui["configs"]] == [("open-webui-start", "/r1kit/open-webui-start.sh")]
+    assert Path(cfg["configs"]["open-webui-start"]["file"]) == STACKS / "open-webui-start.sh"
+    engine, _ = engine_of(name)
+    key_files = [v for k, v in services[engine].get("environment", {}).items() if k.endswith("API_KEY_FILE")]
+    assert webui["environment"].get("R1KIT_OPENAI_API_KEY_FILE") == (key_files[0] if key_files else None), name
+
+
 def test_hf_token_is_a_compose_secret_for_model_init_only(combo):
     name, cfg = combo
     with_token = config(COMBOS[name], HF_TOKEN="hf_should_not_leak")
@@ -309,10 +323,7 @@ def test_llamacpp_wiring():
     assert (url.hostname, url.port, url.path) == ("llamacpp", 8080, "/v1")
     key_file = engine["environment"]["LLAMA_ARG_API_KEY_FILE"]
     assert key_file == "/run/r1kit/keys/llamacpp_api_key" and "LLAMA_API_KEY" not in engine["environment"]
-    script = webui["command"][2].replace("$$", "$")  # `config` prints the escaped form; the container gets one $
-    assert webui["command"][:2] == ["bash", "-c"] and script.rstrip().endswith("exec bash start.sh")
-    assert f"OPENAI_API_KEY=$(cat {key_file})" in script and "WEBUI_SECRET_KEY=$(cat /run/r1kit/keys/webui_secret_key)" in script
-    assert "set -eu" in script, "a missing key file must stop the start, not start Open WebUI without a key"
+    assert webui["environment"]["R1KIT_OPENAI_API_KEY_FILE"] == key_file
     assert webui["environment"]["WEBUI_AUTH"] == "True"
     assert [(v["source"], v["target"]) for v in webui["volumes"]] == [("open-webui", "/app/backend/data"), ("keys", "/run/r1kit/keys")]
     # The engine mounts the models read-only and loads what model-init's pointer file names.
@@ -540,7 +551,38 @@ def test_the_shared_services_are_written_once(stack: str):
         service = text["services"][name]
         assert service["extends"] == {"file": "shared/services.yml", "service": name}, name
         assert not {"image", "build", "cap_drop", "security_opt", "volumes"} & set(service), f"{name} repeats a shared part"
+    assert "command" not in text["services"]["open-webui"], "Open WebUI's start is stacks/open-webui-start.sh, for every stack"
     # The engine: the GPU reservation, or vLLM's shared service (which takes it, for one node and for a cluster's).
     engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") in ("gpus", "vllm")]
     assert len(engines) == 1 and "deploy" not in text["services"][engines[0]]
     assert not {"configs", "secrets"} & set(text) and set(text.get("volumes") or {}).isdisjoint({"models", "keys", "open-webui"})
+
+
+def open_webui_start(workdir: Path, **env: str) -> subprocess.CompletedProcess:
+    """stacks/open-webui-start.sh as every stack's open-webui runs it (bash, in upstream's /app/backend, here a folder
+    whose start.sh stands in for upstream's and prints the keys it was started with)."""
+    (workdir / "start.sh").write_text('echo "secret=${WEBUI_SECRET_KEY-unset} openai=${OPENAI_API_KEY-unset}"\n')
+    return subprocess.run(["bash", str(STACKS / "open-webui-start.sh")], cwd=workdir, env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True)
+
+
+def test_open_webui_start_exports_the_keys_from_their_files_and_runs_upstreams_start(tmp_path: Path):
+    (tmp_path / "webui").write_text("webui-secret\n")
+    (tmp_path / "engine").write_text("engine-key\n")
+    both = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(tmp_path / "webui"), R1KIT_OPENAI_API_KEY_FILE=str(tmp_path / "engine"))
+    assert (both.returncode, both.stdout) == (0, "secret=webui-secret openai=engine-key\n"), both.stderr
+    # Ollama's stack: no engine key, so no OPENAI_API_KEY at all.
+    alone = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(tmp_path / "webui"))
+    assert (alone.returncode, alone.stdout) == (0, "secret=webui-secret openai=unset\n"), alone.stderr
+
+
+@pytest.mark.parametrize("missing", ["webui", "engine"])
+def test_open_webui_start_stops_where_a_key_file_is_missing(tmp_path: Path, missing: str):
+    """A missing key file stops the start: never Open WebUI without its key (or with one start.sh made up)."""
+    files = {"webui": tmp_path / "webui", "engine": tmp_path / "engine"}
+    for name, f in files.items():
+        if name != missing:
+            f.write_text("a-key\n")
+    result = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(files["webui"]), R1KIT_OPENAI_API_KEY_FILE=str(files["engine"]))
+    assert result.returncode != 0 and result.stdout == ""
+    assert f"cat: {files[missing]}: No such file or directory" in result.stderr
