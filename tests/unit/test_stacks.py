@@ -68,6 +68,26 @@ def _engines() -> dict[str, tuple[str, int]]:
     return out
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML as compose reads a stack file: compose's merge tags (`!reset`, `!override`) kept as their plain value."""
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeLoader.add_constructor(_tag, _untagged)
+
+
+def load_stack_file(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_ComposeLoader)
+
+
 COMBOS = _combos()
 ENGINE = _engines()
 
@@ -539,13 +559,18 @@ def test_secrets_init_lets_a_user_set_key_win(tmp_path: Path):
 
 
 SHARED = ("model-init", "secrets-init", "open-webui")
+# The shared engine's fields (stacks/shared/services.yml), which no stack's engine repeats (ktransformers replaces
+# /tmp's tmpfs with its own, by `!override`).
+ENGINE_SHARED = ("volumes", "read_only", "cap_drop", "security_opt", "restart")
 
 
 @pytest.mark.parametrize("stack", sorted(p.name for p in STACKS.glob("*-webui.yml")))
 def test_the_shared_services_are_written_once(stack: str):
-    """Each stack takes model-init, secrets-init, Open WebUI and the GPU reservation from stacks/shared/services.yml
-    (vLLM: its shared engine service) and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what is its own."""
-    text = yaml.safe_load((STACKS / stack).read_text())
+    """Each stack takes model-init, secrets-init, Open WebUI and its engine's shared part from stacks/shared/services.yml
+    (the hardened `engine` for an image of ours, vLLM's own service, which extends it; Ollama, upstream's image, only
+    the GPU reservation) and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what
+    is its own."""
+    text = load_stack_file(STACKS / stack)
     assert text["include"] == ["shared/resources.yml"]
     for name in SHARED:
         service = text["services"][name]
@@ -553,8 +578,13 @@ def test_the_shared_services_are_written_once(stack: str):
         assert not {"image", "build", "cap_drop", "security_opt", "volumes"} & set(service), f"{name} repeats a shared part"
     assert "command" not in text["services"]["open-webui"], "Open WebUI's start is stacks/open-webui-start.sh, for every stack"
     # The engine: the GPU reservation, or vLLM's shared service (which takes it, for one node and for a cluster's).
-    engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") in ("gpus", "vllm")]
-    assert len(engines) == 1 and "deploy" not in text["services"][engines[0]]
+    engines = {n: s for n, s in text["services"].items() if s.get("extends", {}).get("service") in ("gpus", "engine", "vllm")}
+    assert len(engines) == 1, engines
+    (engine, spec), = engines.items()
+    assert "deploy" not in spec, f"{engine} repeats the GPU reservation"
+    if engine != "ollama":
+        assert spec["extends"]["service"] == ("vllm" if engine == "vllm" else "engine"), engine
+        assert not set(ENGINE_SHARED) & set(spec), f"{engine} repeats a part of the shared engine"
     assert not {"configs", "secrets"} & set(text) and set(text.get("volumes") or {}).isdisjoint({"models", "keys", "open-webui"})
 
 
