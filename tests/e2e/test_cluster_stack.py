@@ -11,6 +11,7 @@ its arguments instead of loading a model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -90,22 +91,15 @@ def cluster(vllm_ray_image: str, model_init_image: str, network: tuple[str, str]
         "R1KIT_NODES": "2", "R1KIT_GPUS_PER_NODE": "1", "VLLM_TENSOR_PARALLEL_SIZE": "1", "VLLM_PIPELINE_PARALLEL_SIZE": "2",
         "VLLM_SHM_SIZE": "2g", "R1KIT_WAIT_TIMEOUT": "240",
     }
-    head = node("head", HEAD_FILES, f"{prefix}.10", base, R1KIT_EXPECT_NODES="node-head,node-worker")
-    stacks = [head]
+    # Every node made here is taken down (and checked to leave nothing) when the module ends, the workers first.
+    with contextlib.ExitStack() as nodes:
+        head = nodes.enter_context(node("head", HEAD_FILES, f"{prefix}.10", base, R1KIT_EXPECT_NODES="node-head,node-worker"))
 
-    def worker(token: str | None, role: str = "worker") -> Stack:
-        extra = {"R1KIT_HEAD_ADDRESS": f"{prefix}.10", **({"RAY_AUTH_TOKEN": token} if token is not None else {})}
-        s = node(role, WORKER_FILES, f"{prefix}.11", base, **extra)
-        stacks.append(s)
-        return s
+        def worker(token: str | None, role: str = "worker") -> Stack:
+            extra = {"R1KIT_HEAD_ADDRESS": f"{prefix}.10", **({"RAY_AUTH_TOKEN": token} if token is not None else {})}
+            return nodes.enter_context(node(role, WORKER_FILES, f"{prefix}.11", base, **extra))
 
-    try:
         yield head, worker, folder
-    finally:
-        for s in stacks:
-            s("down", "-v", "--remove-orphans", check=False)
-        for s in stacks:
-            assert s.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
 
 def exit_status(stack: Stack, service: str, timeout: float = 300) -> int:

@@ -34,16 +34,12 @@ def stack(llamacpp_cpu_image: str, model_init_image: str, open_webui_image: str,
         "LLAMACPP_PORT": ANY_PORT, "WEBUI_PORT": ANY_PORT,
         "LLAMACPP_CTX_SIZE": "512", "LLAMACPP_THREADS": "2",
     }
-    s = Stack(f"r1kit-test-{RUN}-e2e", FILES, env)
-    started = time.monotonic()
-    try:
+    with Stack(f"r1kit-test-{RUN}-e2e", FILES, env) as s:
+        started = time.monotonic()
         # `up -d` returns once every service started, and each starts only when its depends_on condition holds.
         s("up", "-d", "--no-build", "--pull", "never")
         s.up_seconds = time.monotonic() - started
         yield s
-    finally:
-        s("down", "-v", "--remove-orphans", check=False)
-    assert s.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
 
 def engine_url(stack: Stack) -> str:

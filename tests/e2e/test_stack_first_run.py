@@ -55,12 +55,8 @@ def stack(images: dict[str, str], local_hub, tmp_path_factory: pytest.TempPathFa
         "LLAMACPP_PORT": ANY_PORT, "WEBUI_PORT": ANY_PORT, "LLAMACPP_CTX_SIZE": "512", "LLAMACPP_THREADS": "2",
     }
     assert not any(k in env for k in ("WEBUI_SECRET_KEY", "LLAMACPP_API_KEY", "HF_TOKEN")) and not (folder / ".env").exists()
-    s = Stack(f"r1kit-test-{RUN}-first-run", [folder / f for f in FILES], env)
-    try:
+    with Stack(f"r1kit-test-{RUN}-first-run", [folder / f for f in FILES], env) as s:
         yield s
-    finally:
-        s("down", "-v", "--remove-orphans", check=False)
-    assert s.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
 
 def up(stack: Stack, extra: dict[str, str] | None = None) -> None:

@@ -31,12 +31,8 @@ def stack(vllm_image: str, model_init_image: str, local_hub):
         "VLLM_IMAGE": vllm_image, "MODEL_INIT_IMAGE": model_init_image, "OPEN_WEBUI_IMAGE": "r1kit-test/open-webui:never-started",
         "HF_ENDPOINT": local_hub.url, "HF_TOKEN": "",
     }
-    s = Stack(f"r1kit-test-{RUN}-vllm", FILES, env)
-    try:
+    with Stack(f"r1kit-test-{RUN}-vllm", FILES, env) as s:
         yield s
-    finally:
-        s("down", "-v", "--remove-orphans", check=False)
-    assert s.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
 
 def attempt(stack: Stack, **settings: str) -> tuple[int, str]:

