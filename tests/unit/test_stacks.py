@@ -21,6 +21,7 @@ import yaml
 from builder.images import catalog
 from builder.images.sync import committed_render
 from builder.images.tags import image_refs, is_project_versioned
+from support.compose import compose
 from support.prerequisites import REPO
 
 STACKS = REPO / "stacks"
@@ -70,18 +71,6 @@ def _engines() -> dict[str, tuple[str, int]]:
 
 COMBOS = _combos()
 ENGINE = _engines()
-
-
-def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result. No
-    # other variable by default: a fresh clone with no stacks/.env.
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    cmd = [COMPOSE, "--project-directory", str(STACKS)]
-    for f in files:
-        cmd += ["-f", str(STACKS / f)]
-    # --env-file /dev/null: a developer's stacks/.env is not read either.
-    cmd += ["--env-file", os.devnull, *args]
-    return subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, check=check)
 
 
 def config(files: list[str], **env: str) -> dict:
