@@ -8,7 +8,7 @@ import re
 import subprocess
 
 from builder.cluster import slurm
-from support.builder import builder
+from support.builder import builder_in_process
 
 PRESETS = list(slurm.load_presets().presets)
 # The options a cluster admin is likeliest to add, all at once (the script's other branches).
@@ -30,4 +30,4 @@ def script_serve_args(script: str) -> list[str]:
 
 def render(preset: str, *args: str) -> str:
     """The script `builder slurm PRESET --dry-run ARGS` prints."""
-    return builder("slurm", preset, "--dry-run", *args, capture_output=True).stdout
+    return builder_in_process("slurm", preset, "--dry-run", *args, capture_output=True).stdout

@@ -14,7 +14,7 @@ from builder.core.errors import UserError
 from builder.models.catalog import Catalog
 from builder.plan.planner import decode_estimate, plan_model, recommend, shape_for
 from builder.models.shapes import from_gguf
-from support.builder import builder
+from support.builder import builder_in_process as builder
 from support.compose import compose
 from support.tiny_gguf import write_tiny_deepseek2
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.cluster import slurm
-from support.builder import builder
+from support.builder import builder_in_process as builder
 from support.slurm import EVERYTHING, PRESETS, render
 
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
