@@ -77,7 +77,7 @@ def main() -> int:
             for line in docker(*cmd).splitlines():
                 if line.startswith("{"):
                     rows.append(json.loads(line))
-    print(f"| engine | CPU variant | weights | batch | ms per layer (routed experts) | tokens/s per layer |\n| --- | --- | --- | --- | --- | --- |")
+    print("| engine | CPU variant | weights | batch | ms per layer (routed experts) | tokens/s per layer |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "error" in r:
             print(f"| {r['engine']} | {r['variant']} | | | failed: {r['error'].splitlines()[-1] if r['error'] else ''} | |")

@@ -16,6 +16,7 @@ from playwright.sync_api import Page
 
 from builder.images.docker import Backend
 from support.browser import chromium_page
+from support.builder import RUN
 from support.open_webui import OPEN_WEBUI_IMAGE, build_image
 
 
@@ -23,8 +24,6 @@ from support.open_webui import OPEN_WEBUI_IMAGE, build_image
 def open_webui_image(backend: Backend, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Open WebUI's stand-in, built from PyPI under this run's tag (a cold build downloads about 3 GB; later ones hit
     the cache)."""
-    from conftest import RUN
-
     tag = f"{OPEN_WEBUI_IMAGE}:{RUN}"
     log = tmp_path_factory.mktemp("open-webui-build") / "build.log"
     seconds = build_image(backend, base_image, tag, log=log)

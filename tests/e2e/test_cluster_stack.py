@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from support.builder import RUN
 from support.prerequisites import REPO
 from support.stack import Stack
 
@@ -76,8 +77,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def node(role: str, files: list[Path], ip: str, base: dict[str, str], **env: str) -> Stack:
-    from conftest import RUN
-
     return Stack(f"r1kit-test-{RUN}-{role}", files, {**base, "R1KIT_TEST_NODE_IP": ip, "R1KIT_TEST_HOSTNAME": f"node-{role}", **env})
 
 

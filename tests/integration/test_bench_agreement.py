@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
-from conftest import builder
+from support.builder import builder
 from support.http import LOOPBACK_ANY_PORT, published_url, wait_until_healthy
 from support.tiny_gguf import write_tiny_model
 

@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 from python_on_whales import DockerClient
 
-from conftest import RUN, builder
+from support.builder import RUN, builder
 from support.prerequisites import CACHE, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.heavy, pytest.mark.ktransformers]

@@ -14,6 +14,7 @@ from python_on_whales.exceptions import DockerException
 
 from builder.images import build
 from builder.images import catalog
+from support.builder import RUN
 from support.http import LOOPBACK_ANY_PORT, post_json, published_url, status, wait_until_healthy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -115,8 +116,6 @@ def test_other_tools_are_in_the_image(docker: DockerClient, image: str):
 
 def test_runtime_change_rebuilds_without_compiling(llamacpp_cpu_image: str, base_image: str, source_tarball: Path, backend):
     """Editing a runtime-stage line reuses the compiled build stage from the layer cache."""
-    from conftest import RUN
-
     target = catalog.load().get("llamacpp-cpu")
     plan = build.plan(target, {}, tags=(f"r1kit-test/llamacpp-cpu:{RUN}-runtime-edit",), source=source_tarball,
                       build_args=(f"BUILD_IMAGE={base_image}", f"RUNTIME_IMAGE={base_image}"))

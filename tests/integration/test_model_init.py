@@ -11,7 +11,7 @@ import pytest
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from conftest import R1_IQ1_S
+from support.hub import R1_IQ1_S
 from support.http import LOOPBACK_ANY_PORT, post_json, published_url, wait_until_healthy
 from support.local_hub import LocalHub
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
-from conftest import RUN, builder
+from support.builder import RUN, builder
 from support.open_webui import host_ca_bundle
 from support.prerequisites import ensure_arm64_base_image
 

@@ -1,16 +1,20 @@
-"""What the SLURM tests share: the `vllm serve` arguments a generated script will run, read from the script itself
-(its serve_args array, evaluated by bash), and those arguments parsed by vLLM's own parser."""
+"""What the SLURM tests share: the presets, scripts rendered by `builder slurm --dry-run`, and the `vllm serve`
+arguments a generated script will run, read from the script itself (its serve_args array, evaluated by bash). vLLM's
+parser reads them through tests/support/vllm_venv.py (vllm_parse)."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-from pathlib import Path
 
-from support.prerequisites import REPO
+from builder.cluster import slurm
+from support.builder import builder_in_process
 
-PARSE = REPO / "tests" / "support" / "vllm_parse.py"
+PRESETS = list(slurm.load_presets().presets)
+# The options a cluster admin is likeliest to add, all at once (the script's other branches).
+EVERYTHING = ["--host", "0.0.0.0", "--api-key-file", "/etc/r1kit/vllm-key", "--ifname", "ib0", "--partition", "gpu",
+              "--account", "proj-1", "--time", "2-00:00:00", "--gpu-request", "gpus-per-node", "--download",
+              "--", "--enable-expert-parallel", "--max-num-seqs", "32"]
 SERVE_ARGS = re.compile(r"^serve_args=\($.*?^\)$", re.MULTILINE | re.DOTALL)
 # What r1kit-cluster head appends to the script's arguments (images/vllm/cluster.py).
 RAY_BACKEND = ["--distributed-executor-backend", "ray"]
@@ -24,8 +28,6 @@ def script_serve_args(script: str) -> list[str]:
     return out.stdout.decode().split("\0")[:-1]
 
 
-def vllm_parse(python: Path, arg_lists: list[list[str]]) -> list[dict]:
-    """One result per argument list: {"ok": {...}} or {"error": [...]} (tests/support/vllm_parse.py)."""
-    done = subprocess.run([str(python), "-P", str(PARSE)], input=json.dumps(arg_lists), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])["results"]
+def render(preset: str, *args: str) -> str:
+    """The script `builder slurm PRESET --dry-run ARGS` prints."""
+    return builder_in_process("slurm", preset, "--dry-run", *args, capture_output=True).stdout

@@ -1,11 +1,15 @@
 """vLLM's own argument parser on every suite run, without the 9.4 GB image: a venv under .cache/ holding the pinned
 vLLM wheel (--no-deps), the CPU torch wheel these machines carry, and vLLM's other requirements minus the GPU-only
 packages. With VLLM_TARGET_DEVICE=cpu, vLLM's `make_arg_parser` imports and parses there exactly as in the image.
-Made once (255 s cold here, 3.5 GB; docs/PERFORMANCE.md), reused by every later run.
+Made once (255 s cold here, 3.5 GB; docs/PERFORMANCE.md), reused by every later run. The tests that need it are
+marked slow and live in tests/integration (and tests/e2e), not in the unit tier.
+
+vllm_parse is the one way the tests run vLLM's parser on the host: tests/support/vllm_parse.py in that venv.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +20,7 @@ import yaml
 
 from support.prerequisites import CACHE, REPO
 
+PARSE = REPO / "tests" / "support" / "vllm_parse.py"
 VLLM_VERSION = str(yaml.safe_load((REPO / "images" / "vllm" / "image.yaml").read_text())["version"])
 # The CPU torch on the machines (ENVIRONMENT.md: `pip install torch==2.13.0` takes the local wheel). vLLM pins
 # torch 2.14.0, whose PyPI wheel is CUDA 13 (with its libraries, most of the 9.4 GB): the parser needs neither.
@@ -48,3 +53,12 @@ def vllm_parser_python() -> Path:
     _pip(tmp_python, CPU_TORCH, *wanted)
     partial.rename(venv)
     return python
+
+
+def vllm_parse(python: Path, arg_lists: list[list[str]]) -> dict:
+    """vLLM's parser (tests/support/vllm_parse.py run by `python`, usually vllm_parser_python()) on each argument
+    list: {"vllm": its version, "parser": the module of make_arg_parser, "results": one {"ok": {...}} or
+    {"error": [...]} per list}."""
+    done = subprocess.run([str(python), "-P", str(PARSE)], input=json.dumps(arg_lists), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

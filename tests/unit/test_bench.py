@@ -21,7 +21,7 @@ import pytest
 
 from builder.bench import measure as bench
 from builder.core.errors import UserError
-from conftest import builder
+from support.builder import builder_in_process as builder
 from support.signals import dispositions
 
 

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from conftest import builder
+from support.builder import builder_in_process as builder
 
 
 def test_list_json_names_every_target_with_platforms():

@@ -6,7 +6,6 @@ named like the real ones (tiny random-weight GGUF models, sharded like unsloth's
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -19,38 +18,11 @@ from pathlib import Path
 from rich.console import Console
 
 from builder.core.progress import DownloadProgress
-from conftest import DISTILL_FILE, DISTILL_REPO, FP8_REPO, GATED_REPO, R1_IQ1_S, R1_REPO
+from support.builder import builder_with_env as builder, one_line_error
+from support.hub import (DISTILL_FILE, DISTILL_REPO, FP8_REPO, GATED_REPO, R1_IQ1_S, R1_REPO, SHARDS, files_under, hub_sha,
+                         sha256)
 from support.local_hub import TEST_TOKEN, LocalHub
 from support.prerequisites import REPO
-
-SHARDS = [f"{R1_IQ1_S}/{R1_IQ1_S}-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
-
-
-def builder(*args: str, env: dict[str, str], check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def hub_sha(hub: LocalHub, repo: str, path: str) -> str:
-    return hub.repos[repo].files[path].sha256
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
 
 def test_fresh_download(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path):
     dest = tmp_path / "models"

@@ -18,9 +18,10 @@ import pytest
 
 from builder.models import transfer
 from builder.core.progress import human
+from support.builder import builder_with_env as builder, one_line_error
+from support.hub import files_under
 from support.local_hub import CDN_HOST, TEST_TOKEN, LocalHub
 from support.prerequisites import REPO
-from test_download import builder, files_under, one_line_error
 
 MiB = 1024**2
 PARALLEL_REPO = "r1kit-test/parallel-safetensors"

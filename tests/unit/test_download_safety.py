@@ -16,12 +16,12 @@ import pytest
 
 from builder.models import download as downloads
 from builder.core.errors import UserError
-from conftest import DISTILL_FILE, DISTILL_REPO, R1_REPO
 from support import privileges
+from support.builder import builder_with_env as builder, one_line_error
+from support.hub import DISTILL_FILE, DISTILL_REPO, R1_REPO, SHARDS, files_under, hub_sha, sha256
 from support.signals import dispositions
 from support.local_hub import LocalHub
 from support.prerequisites import REPO
-from test_download import SHARDS, builder, files_under, hub_sha, one_line_error, sha256
 
 MiB = 1024**2
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from builder.models import download
 from builder.models import modelfile
 from builder.models import catalog as models
 from builder.core.errors import UserError
+from support.builder import builder_in_process
 from support.prerequisites import REPO
 
 CATALOG = models.load()
@@ -81,7 +80,7 @@ def test_a_broken_catalog_is_refused():
 
 
 def test_builder_models_json_is_the_catalog():
-    result = subprocess.run([sys.executable, "-m", "builder.cli", "models", "--json"], cwd=REPO, capture_output=True, text=True)
+    result = builder_in_process("models", "--json", check=False, capture_output=True)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == list(CATALOG.models)

@@ -4,7 +4,6 @@ machine), each with the plan it should produce and why; a real GGUF's header; ba
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,9 @@ from builder.core.errors import UserError
 from builder.models.catalog import Catalog
 from builder.plan.planner import decode_estimate, plan_model, recommend, shape_for
 from builder.models.shapes import from_gguf
-from conftest import builder
+from support.builder import builder_in_process as builder
+from support.compose import compose
 from support.tiny_gguf import write_tiny_deepseek2
-from test_stacks import compose
-
 
 
 def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: int = 1) -> hardware.Machine:

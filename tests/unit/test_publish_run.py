@@ -22,6 +22,7 @@ from wcmatch import glob as wglob
 from builder.images import catalog
 from builder.images import workflow as ci
 from builder.images import tags
+from support.builder import builder_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / ".github" / "workflows" / "images.yml"
@@ -50,7 +51,7 @@ def uses(job: dict, action: str) -> dict:
 
 
 def builder(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=REPO, capture_output=True, text=True)
+    return builder_in_process(*args, check=False, capture_output=True)
 
 
 def expand(value: str, row: dict, outputs: dict | None = None) -> str:

@@ -1,6 +1,7 @@
-"""`builder slurm`: every preset with every launcher renders a script that bash and shellcheck accept, whose
-`vllm serve` arguments (read from the script's own text) parse in vLLM's parser; bad settings are one `error:`
-line, exit status 2, and nothing written. The script running on a real SLURM cluster: tests/e2e/test_slurm.py."""
+"""`builder slurm`: every preset with every launcher renders a script that bash and shellcheck accept;
+bad settings are one `error:` line, exit status 2, and nothing written. The scripts' `vllm serve` arguments in vLLM's own
+parser (a 3.5 GB venv): tests/integration/test_slurm_vllm_args.py. The script running on a real SLURM cluster:
+tests/e2e/test_slurm.py."""
 
 from __future__ import annotations
 
@@ -14,25 +15,10 @@ from pathlib import Path
 import pytest
 
 from builder.cluster import slurm
-from conftest import builder
-from support.slurm import RAY_BACKEND, script_serve_args, vllm_parse
-from support.vllm_venv import vllm_parser_python
+from support.builder import builder_in_process as builder
+from support.slurm import EVERYTHING, PRESETS, render
 
-PRESETS = list(slurm.load_presets().presets)
-# The options a cluster admin is likeliest to add, all at once (the script's other branches).
-EVERYTHING = ["--host", "0.0.0.0", "--api-key-file", "/etc/r1kit/vllm-key", "--ifname", "ib0", "--partition", "gpu",
-              "--account", "proj-1", "--time", "2-00:00:00", "--gpu-request", "gpus-per-node", "--download",
-              "--", "--enable-expert-parallel", "--max-num-seqs", "32"]
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
-
-
-def render(preset: str, *args: str) -> str:
-    return builder("slurm", preset, "--dry-run", *args, capture_output=True).stdout
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    return vllm_parser_python()
 
 
 @pytest.mark.parametrize("launcher", slurm.LAUNCHERS)
@@ -66,25 +52,6 @@ def test_the_scripts_shape(tmp_path: Path):
     assert "(( NODES > 1 ))" in render("2x4-h200", "--nodes", "1", "--tensor-parallel", "4", "--pipeline-parallel", "1")
     keyed = render("2x4-h200", "--host", "0.0.0.0", "--api-key-file", "/etc/key")
     assert "export VLLM_API_KEY_FILE=/run/r1kit/api-key" in keyed and "--api-key " not in keyed
-
-
-@pytest.mark.parametrize("launcher", slurm.LAUNCHERS)
-def test_the_scripts_vllm_arguments_parse_in_vllms_parser(vllm_python: Path, launcher: str):
-    cases = {preset: script_serve_args(render(preset, "--launcher", launcher)) for preset in PRESETS}
-    cases["every-option"] = script_serve_args(render("2x4-h200", "--launcher", launcher, *EVERYTHING))
-    results = vllm_parse(vllm_python, [args + RAY_BACKEND for args in cases.values()])
-    presets = slurm.load_presets().presets
-    for (name, args), result in zip(cases.items(), results):
-        assert "ok" in result, f"{name}: vLLM refused {args}: {result}"
-        ok = result["ok"]
-        p = presets.get(name, presets["2x4-h200"])
-        models_dir = "/models" if launcher != "bare" else p.models_dir
-        assert ok["model_tag"] == f"{models_dir}/r1-671b-fp8"
-        assert (ok["tensor_parallel_size"], ok["pipeline_parallel_size"]) == (p.tensor_parallel, p.pipeline_parallel)
-        assert ok["distributed_executor_backend"] == "ray" and ok["reasoning_parser"] == "deepseek_r1"
-        assert ok["served_model_name"] == ["r1-671b-fp8"] and ok["api_key"] is None
-        assert ok["host"] == ("0.0.0.0" if name == "every-option" else "127.0.0.1") and ok["port"] == 8000
-    assert results[-1]["ok"]["enable_expert_parallel"] is True and results[-1]["ok"]["max_num_seqs"] == 32
 
 
 REFUSALS = {

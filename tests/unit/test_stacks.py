@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import yaml
 from builder.images import catalog
 from builder.images.sync import committed_render
 from builder.images.tags import image_refs, is_project_versioned
+from support.compose import compose as run_compose
 from support.prerequisites import REPO
 
 STACKS = REPO / "stacks"
@@ -117,19 +117,9 @@ ENGINE = _engines()
 
 
 def compose(files: list[str], *args: str, env: dict[str, str] | None = None, check: bool = True, needs: bool = True) -> subprocess.CompletedProcess:
-    # Only PATH and HOME from the caller: a developer's own WEBUI_PORT or MODEL must not change the result. No
-    # other variable by default (a fresh clone with no stacks/.env) but what the files cannot run without (NEEDS;
-    # needs=False leaves that out too).
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    if needs:
-        base.update({NEEDS[f]: NEEDED_VALUES[NEEDS[f]] for f in files if f in NEEDS})
-    # Every profile: a service started only on request (cluster-shared-models.yml's staging model-init) is checked too.
-    cmd = [COMPOSE, "--project-directory", str(STACKS), "--profile", "*"]
-    for f in files:
-        cmd += ["-f", str(STACKS / f)]
-    # --env-file /dev/null: a developer's stacks/.env is not read either.
-    cmd += ["--env-file", os.devnull, *args]
-    return subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True, check=check)
+    """support.compose, plus what the files cannot run without (NEEDS; needs=False leaves that out too)."""
+    needed = {NEEDS[f]: NEEDED_VALUES[NEEDS[f]] for f in files if f in NEEDS} if needs else {}
+    return run_compose(files, *args, env={**needed, **(env or {})}, check=check)
 
 
 def config(files: list[str], **env: str) -> dict:

@@ -17,6 +17,7 @@ import yaml
 
 from builder.images import catalog
 from builder.images import sync
+from support.builder import builder_in_process
 from support.prerequisites import REPO
 
 BUMP = REPO / ".github" / "workflows" / "bump.yml"
@@ -24,8 +25,9 @@ FOLDERS = sorted(p.parent.name for p in (REPO / "images").glob("*/image.yaml"))
 
 
 def builder(*args: str, root: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "BUILDER_ROOT": str(root), **(env or {})})
+    """In-process (BUILDER_ROOT and the cwd are read per call, not at import)."""
+    return builder_in_process(*args, check=False, capture_output=True, cwd=root,
+                              env={**os.environ, "BUILDER_ROOT": str(root), **(env or {})})
 
 
 def copy_repo(dest: Path) -> Path:

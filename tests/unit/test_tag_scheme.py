@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,14 @@ import pytest
 from builder.images import catalog
 from builder.images import tags
 from builder.core.errors import UserError
+from support.builder import builder_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def builder(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    """In-process (BUILDER_DOCKER, BUILDER_ROOT and BUILDER_REGISTRY are read per call, not at import)."""
+    return builder_in_process(*args, check=False, capture_output=True, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture()

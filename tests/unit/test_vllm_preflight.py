@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DISTILL_ST_CONFIG
+from support.hub import DISTILL_ST_CONFIG
 from support.prerequisites import REPO
 
 PREFLIGHT = REPO / "images" / "vllm" / "preflight.py"

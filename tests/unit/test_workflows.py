@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from builder.images import catalog
+from support.builder import builder_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
@@ -30,9 +31,8 @@ def tool(name: str) -> str:
 
 
 def builder(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    """In-process (BUILDER_DOCKER, BUILDER_ROOT and BUILDER_REGISTRY are read per call, not at import)."""
+    return builder_in_process(*args, check=False, capture_output=True, env={**os.environ, **(env or {})})
 
 
 def load(path: Path) -> dict:
