@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from builder.bench import commands as bench
-from builder.cluster import commands as cluster
+import builder.bench.commands
+import builder.cluster.commands
+import builder.images.commands
+import builder.models.commands
+import builder.plan.commands
 from builder.core.command import Command
-from builder.images import commands as images
-from builder.models import commands as models
-from builder.plan import commands as plan
 
 
 @click.group(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,8 @@ def main() -> None:
     """Build the images and run the stacks that self-host DeepSeek-R1."""
 
 
-for domain in (images, models, plan, bench, cluster):
+for domain in (builder.images.commands, builder.models.commands, builder.plan.commands, builder.bench.commands,
+               builder.cluster.commands):
     for command in domain.COMMANDS:
         main.add_command(command)
 

@@ -13,7 +13,7 @@ from builder.bench.measure import (
     REQUESTS_MIN,
     REQUESTS_PER_SLOT,
     Api,
-    Settings,
+    LoadSettings,
     base_url,
     check_requests,
     parse_concurrency,
@@ -56,7 +56,7 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
         raise UserError(f"--plot {plot_path}: the plot is a PNG; name it *.png")
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib: install builder with its bench extra (pip install -e '.[bench]'), or leave --plot out")
-    settings = Settings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
+    settings = LoadSettings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, api=api, ignore_eos=ignore_eos,
                         api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed)
     progress = CountProgress("bench")

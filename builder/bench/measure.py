@@ -41,7 +41,7 @@ Api = Literal["chat", "completions"]
 
 
 @dataclass(frozen=True)
-class Settings:
+class LoadSettings:
     url: str  # the server's base URL, without /v1
     model: str | None
     concurrency: tuple[int, ...]
@@ -244,7 +244,7 @@ def prompt_text(seed: int, index: int, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def request_body(s: Settings, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+def request_body(s: LoadSettings, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     if s.api == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -262,7 +262,7 @@ def _text(choice: dict[str, Any]) -> str:
     return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or choice.get("text") or ""
 
 
-async def one_request(client: httpx2.AsyncClient, s: Settings, model: str, prompt: str, max_tokens: int, t0: float) -> Sample:
+async def one_request(client: httpx2.AsyncClient, s: LoadSettings, model: str, prompt: str, max_tokens: int, t0: float) -> Sample:
     path = "/v1/chat/completions" if s.api == "chat" else "/v1/completions"
     start = time.perf_counter() - t0
     times: list[float] = []
@@ -314,7 +314,7 @@ async def one_request(client: httpx2.AsyncClient, s: Settings, model: str, promp
     )
 
 
-async def pick_model(client: httpx2.AsyncClient, s: Settings) -> str:
+async def pick_model(client: httpx2.AsyncClient, s: LoadSettings) -> str:
     """The model to ask for: --model, checked against /v1/models; or the one model the server lists."""
     try:
         r = await client.get("/v1/models")
@@ -353,7 +353,7 @@ class Calibration:
     output_tokens: int  # what the setup requests generated (the engine counts them too)
 
 
-async def calibrate(client: httpx2.AsyncClient, s: Settings, model: str) -> Calibration:
+async def calibrate(client: httpx2.AsyncClient, s: LoadSettings, model: str) -> Calibration:
     samples = [await one_request(client, s, model, prompt_text(s.seed, -1 - i, n), 1, time.perf_counter())
                for i, n in enumerate(CALIBRATION_WORDS)]
     for sample in samples:
@@ -371,7 +371,7 @@ async def calibrate(client: httpx2.AsyncClient, s: Settings, model: str) -> Cali
     return Calibration(words, overhead, per_word, made)
 
 
-async def run_level(client: httpx2.AsyncClient, s: Settings, model: str, words: int, concurrency: int, first: int,
+async def run_level(client: httpx2.AsyncClient, s: LoadSettings, model: str, words: int, concurrency: int, first: int,
                     progress: CountProgress) -> list[Sample]:
     n = s.requests_for(concurrency)
     todo = iter(range(first, first + n))
@@ -391,7 +391,7 @@ async def run_level(client: httpx2.AsyncClient, s: Settings, model: str, words: 
 
 @dataclass(frozen=True)
 class Result:
-    settings: Settings
+    settings: LoadSettings
     model: str
     calibration: Calibration
     levels: tuple[Level, ...]
@@ -409,7 +409,7 @@ async def engine_tokens(client: httpx2.AsyncClient) -> float | None:
     return sum(values) if values else None
 
 
-async def run(s: Settings, progress: CountProgress) -> Result:
+async def run(s: LoadSettings, progress: CountProgress) -> Result:
     headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
     limits = httpx2.Limits(max_connections=max(s.concurrency), max_keepalive_connections=max(s.concurrency))
     timeout = httpx2.Timeout(s.timeout, connect=10.0)

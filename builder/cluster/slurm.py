@@ -21,13 +21,14 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
+import builder.images.catalog
+import builder.models.catalog
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write, check_file, find_repo_root
 from builder.core.templates import environment
-from builder.images import catalog as images
 from builder.images.render import image_tag
-from builder.images.tags import registry
-from builder.models import catalog as models
+from builder.images.tags import resolve_registry
+from builder.models.catalog import Model, ModelCatalog
 
 LAUNCHERS = ("pyxis", "apptainer", "bare")
 GPU_REQUESTS = ("gres", "gpus-per-node", "none")
@@ -142,7 +143,7 @@ def _absolute(value: str, what: str) -> None:
         raise UserError(f"{what} {shown(value)} must be an absolute path (the same on every node) without ',', ':' or '..'")
 
 
-def check(j: Job, presets: Presets, catalog: models.Catalog) -> models.Model:
+def check(j: Job, presets: Presets, catalog: ModelCatalog) -> Model:
     """Refuse, in one line, what vLLM or SLURM would refuse later (or what would expose the endpoint)."""
     for what, value in (("--nodes", j.nodes), ("--gpus-per-node", j.gpus_per_node), ("--tensor-parallel", j.tensor_parallel),
                         ("--pipeline-parallel", j.pipeline_parallel), ("--wait-timeout", j.wait_timeout), ("--max-model-len", j.max_model_len)):
@@ -206,15 +207,15 @@ def _published(target_name: str) -> str:
     root = find_repo_root()
     if root is None:
         raise UserError(f"no checkout to read images/{target_name}/image.yaml from: give the image with --image / --model-init-image")
-    target = images.load(root / "images").get(target_name)
-    return f"{registry()}/{target.name}:{image_tag(target, {})}"
+    target = builder.images.catalog.load(root / "images").get(target_name)
+    return f"{resolve_registry()}/{target.name}:{image_tag(target, {})}"
 
 
 def _check_platform(target_name: str, arch: str) -> None:
     root = find_repo_root()
     if root is None:
         return
-    target = images.load(root / "images").get(target_name)
+    target = builder.images.catalog.load(root / "images").get(target_name)
     if ARCHES[arch] not in target.platforms:
         raise UserError(f"--arch {arch}: the {target_name} image is built for {', '.join(target.platforms)} only")
 
@@ -280,10 +281,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render(j: Job, presets: Presets | None = None, catalog: models.Catalog | None = None) -> str:
+def render(j: Job, presets: Presets | None = None, catalog: ModelCatalog | None = None) -> str:
     """The sbatch script: checked first, so that no script exists for a job that cannot start."""
     presets = presets or load_presets()
-    model = check(j, presets, catalog or models.load())
+    model = check(j, presets, catalog or builder.models.catalog.load())
     image = model_init = None
     if j.launcher != "bare":
         _check_platform(VLLM_TARGET, j.arch)

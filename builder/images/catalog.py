@@ -112,7 +112,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Catalog:
+class ImageCatalog:
     targets: Mapping[str, Target]
     pins: Mapping[str, Pin] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -227,7 +227,7 @@ def load_folder(folder: Path) -> list[Target]:
     return targets
 
 
-def load(root: Path | None = None) -> Catalog:
+def load(root: Path | None = None) -> ImageCatalog:
     root = root or images_dir()
     targets: dict[str, Target] = {}
     pins: dict[str, Pin] = {}
@@ -238,4 +238,4 @@ def load(root: Path | None = None) -> Catalog:
             targets[target.name] = target
             pins.update(target.pins)
     every = MappingProxyType(pins)
-    return Catalog(MappingProxyType({name: replace(t, pins=every) for name, t in targets.items()}), every)
+    return ImageCatalog(MappingProxyType({name: replace(t, pins=every) for name, t in targets.items()}), every)

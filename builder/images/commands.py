@@ -12,12 +12,17 @@ import click
 from builder.core.command import error_line
 from builder.core.errors import UserError
 from builder.core.paths import check_folder, repo_root
-from builder.images import build as builds
-from builder.images import catalog, docker, listing, sync, workflow
-from builder.images.options import platforms as split_platforms
-from builder.images.options import settings as chosen_settings
-from builder.images.render import render as render_dockerfile
-from builder.images.tags import image_refs
+from builder.images import (
+    build,
+    catalog,
+    docker,
+    listing,
+    options,
+    render,
+    sync,
+    tags,
+    workflow,
+)
 
 # The options a target declares in image.yaml are taken as flags too (`--blas blis`): click leaves them in ctx.args
 # and options.settings checks each against the target.
@@ -47,17 +52,17 @@ def list_targets(as_json: bool) -> None:
         click.echo("\n".join(listing.lines(row)))
 
 
-@click.command(context_settings=TARGET_OPTIONS)
+@click.command("render", context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write DIR/Dockerfile instead of printing it.")
 @click.pass_context
-def render(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], output: Path | None) -> None:
+def render_command(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], output: Path | None) -> None:
     """Print TARGET's Dockerfile, or write it under DIR."""
     if output is not None:
         check_folder(output, "-o")
     t = catalog.load().get(target)
-    text = render_dockerfile(t, chosen_settings(t, variant, sets, ctx.args))
+    text = render.render(t, options.settings(t, variant, sets, ctx.args))
     if output is None:
         click.echo(text, nl=False)
         return
@@ -66,22 +71,22 @@ def render(ctx: click.Context, target: str, variant: str | None, sets: tuple[str
     click.echo(output / "Dockerfile", err=True)
 
 
-@click.command(context_settings=TARGET_OPTIONS)
+@click.command("stage", context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("--source", "sources", multiple=True, metavar="[NAME=]PATH", help=SOURCE_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new or empty folder.")
 @click.pass_context
-def stage(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], sources: tuple[str, ...], output: Path) -> None:
+def stage_command(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], sources: tuple[str, ...], output: Path) -> None:
     """Write TARGET's full build context (what `builder build` sends to BuildKit) into DIR."""
     check_folder(output, "-o")
     t = catalog.load().get(target)
-    source, named = builds.split_sources(t, sources)
-    builds.stage(builds.plan(t, chosen_settings(t, variant, sets, ctx.args), source=source, extra_sources=named), output)
+    source, named = build.split_sources(t, sources)
+    build.stage(build.plan(t, options.settings(t, variant, sets, ctx.args), source=source, extra_sources=named), output)
     click.echo(output, err=True)
 
 
-@click.command(context_settings=TARGET_OPTIONS)
+@click.command("build", context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("--platform", "platforms", multiple=True, help="linux/amd64, linux/arm64 (repeat or comma-separate).")
@@ -94,38 +99,38 @@ def stage(ctx: click.Context, target: str, variant: str | None, sets: tuple[str,
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--dry-run", is_flag=True, help="Print the docker command and build nothing.")
 @click.pass_context
-def build(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], platforms: tuple[str, ...], tags: tuple[str, ...],
+def build_command(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], platforms: tuple[str, ...], tags: tuple[str, ...],
           registry: str | None, release: str | None, push: bool, build_args: tuple[str, ...], sources: tuple[str, ...],
           no_cache: bool, dry_run: bool) -> None:
     """Build TARGET's image with BuildKit, then run its smoke test."""
     t = catalog.load().get(target)
-    source, named = builds.split_sources(t, sources)
-    plan = builds.plan(t, chosen_settings(t, variant, sets, ctx.args), platforms=split_platforms(platforms), tags=tags,
+    source, named = build.split_sources(t, sources)
+    plan = build.plan(t, options.settings(t, variant, sets, ctx.args), platforms=options.platforms(platforms), tags=tags,
                        build_args=build_args, source=source, extra_sources=named, push=push, no_cache=no_cache,
                        registry=registry, release=release)
     backend = docker.dry_run_backend() if dry_run else docker.find_backend()
-    builds.check_backend(plan, backend)
+    build.check_backend(plan, backend)
     if dry_run:
-        click.echo("\n".join(builds.dry_run(plan, backend)))
+        click.echo("\n".join(build.dry_run(plan, backend)))
         return
-    builds.run(plan, backend)
-    output = builds.smoke_test(plan, backend)
+    build.run(plan, backend)
+    output = build.smoke_test(plan, backend)
     if output:
         click.echo(output.strip().splitlines()[-1], err=True)
     click.echo("\n".join(plan.tags))
 
 
-@click.command(context_settings=TARGET_OPTIONS)
+@click.command("tags", context_settings=TARGET_OPTIONS)
 @click.argument("target")
 @option_flags
 @click.option("--registry", help=REGISTRY_HELP)
 @release_flag
 @click.option("--sha", help="The commit of a push to main: adds its sha-<commit> tag.")
 @click.pass_context
-def tags(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None, sha: str | None) -> None:
+def tags_command(ctx: click.Context, target: str, variant: str | None, sets: tuple[str, ...], registry: str | None, release: str | None, sha: str | None) -> None:
     """Print the image references `builder build` and the images workflow tag TARGET with, one a line."""
     t = catalog.load().get(target)
-    click.echo("\n".join(image_refs(t, chosen_settings(t, variant, sets, ctx.args), registry, release, sha)))
+    click.echo("\n".join(tags.image_refs(t, options.settings(t, variant, sets, ctx.args), registry, release, sha)))
 
 
 @click.command("sync")
@@ -145,11 +150,11 @@ def sync_command(check: bool) -> None:
         click.echo(path.relative_to(root), err=True)
 
 
-@click.command()
+@click.command("pin")
 @click.argument("engine")
 @click.argument("version")
 @click.option("--sha256", help="The sha256 of the release tarball (image.yaml source.url) at VERSION.")
-def pin(engine: str, version: str, sha256: str | None) -> None:
+def pin_command(engine: str, version: str, sha256: str | None) -> None:
     """Pin ENGINE (a folder under images/) to VERSION, then sync: what the bump workflow runs."""
     root = repo_root()
     for path in sync.pin_engine(root, engine, version, sha256):
@@ -192,7 +197,7 @@ def publish_gate(event: str, ref: str, sha: str, main_head: str) -> None:
 @click.option("--platforms", required=True, help="The variant's platforms, comma-separated (the merge matrix's `platforms`).")
 def digests(folder: Path, image: str, platforms: str) -> None:
     """Print IMAGE@sha256:... for each digest file in FOLDER: exactly one per platform, or fail."""
-    click.echo("\n".join(workflow.digest_refs(folder, image, split_platforms(platforms))))
+    click.echo("\n".join(workflow.digest_refs(folder, image, options.platforms(platforms))))
 
 
 @click.command("check-index")
@@ -202,11 +207,11 @@ def digests(folder: Path, image: str, platforms: str) -> None:
 @click.option("--annotation", "annotations", multiple=True, help="index:KEY=VALUE the index must carry.")
 def check_index(index: Path, platforms: str, digest_refs: tuple[str, ...], annotations: tuple[str, ...]) -> None:
     """Check a pushed index (`docker buildx imagetools inspect --raw`) against the variant's platforms and digests."""
-    problems = workflow.check_index(workflow.load_index(index), split_platforms(platforms),
+    problems = workflow.check_index(workflow.load_index(index), options.platforms(platforms),
                                     tuple(d.split("@", 1)[-1] for d in digest_refs), annotations)
     if problems:
         raise UserError(f"{index}: " + "; ".join(problems))
     click.echo(f"{index}: {platforms}", err=True)
 
 
-COMMANDS = (list_targets, render, stage, build, tags, sync_command, pin, upstreams, matrix, publish_gate, digests, check_index)
+COMMANDS = (list_targets, render_command, stage_command, build_command, tags_command, sync_command, pin_command, upstreams, matrix, publish_gate, digests, check_index)

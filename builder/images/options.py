@@ -4,8 +4,8 @@ platform lists."""
 from __future__ import annotations
 
 from builder.core.errors import UserError, shown
+from builder.images import tags
 from builder.images.catalog import Target
-from builder.images.tags import variant as published_variant
 
 
 def parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
@@ -21,7 +21,7 @@ def parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
 def settings(target: Target, variant: str | None, sets: tuple[str, ...], extra: list[str]) -> dict[str, str]:
     """A published variant's options (if named), overridden by --set KEY=VALUE and by the target's own options
     given as flags (`--blas blis` for a target that declares `blas`; any other target refuses it by name)."""
-    out = dict(published_variant(target, variant).settings) if variant else {}
+    out = dict(tags.variant(target, variant).settings) if variant else {}
     out.update(parse_pairs(sets, "--set"))
     rest = list(extra)
     while rest:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write
-from builder.images.catalog import Catalog, Target, load, read_spec
+from builder.images.catalog import ImageCatalog, Target, load, read_spec
 from builder.images.render import image_tag, render
 from builder.images.tags import DEFAULT_REGISTRY, tags, variants
 
@@ -49,7 +49,7 @@ def committed_render(target: Target) -> str:
     return header(target) + render(target, {})
 
 
-def rewrite_references(text: str, catalog: Catalog) -> str:
+def rewrite_references(text: str, catalog: ImageCatalog) -> str:
     """Every default reference to a catalog target, with that target's versioned tag."""
 
     def tagged(match: re.Match[str]) -> str:
@@ -59,7 +59,7 @@ def rewrite_references(text: str, catalog: Catalog) -> str:
     return REFERENCE.sub(tagged, text)
 
 
-def tag_table(catalog: Catalog) -> str:
+def tag_table(catalog: ImageCatalog) -> str:
     rows = ["| image | tags | options | platforms |", "| --- | --- | --- | --- |"]
     for target in catalog.targets.values():
         image = f"`{DEFAULT_REGISTRY}/{target.name}`"  # not $BUILDER_REGISTRY: the README is the same for everyone
@@ -72,7 +72,7 @@ def tag_table(catalog: Catalog) -> str:
     return "\n".join(rows) + "\n"
 
 
-def rewrite_readme(text: str, catalog: Catalog) -> str:
+def rewrite_readme(text: str, catalog: ImageCatalog) -> str:
     begin, end = text.find(SYNC_BEGIN), text.find(SYNC_END)
     if begin < 0 or end < begin:
         return text  # a README without the markers has no generated region
@@ -80,7 +80,7 @@ def rewrite_readme(text: str, catalog: Catalog) -> str:
     return text[:start] + tag_table(catalog) + text[end:]
 
 
-def expected(root: Path, catalog: Catalog) -> list[Generated]:
+def expected(root: Path, catalog: ImageCatalog) -> list[Generated]:
     """Everything sync owns, as it should be. Computed in full before anything is written."""
     out = [Generated(t.folder / f"{t.name}.Dockerfile", committed_render(t)) for t in catalog.targets.values()]
     names = {g.path for g in out}
@@ -103,11 +103,11 @@ def _current(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
-def stale(root: Path, catalog: Catalog) -> list[Path]:
+def stale(root: Path, catalog: ImageCatalog) -> list[Path]:
     return [g.path for g in expected(root, catalog) if _current(g.path) != g.text]
 
 
-def write(root: Path, catalog: Catalog) -> list[Path]:
+def write(root: Path, catalog: ImageCatalog) -> list[Path]:
     """Write what is stale; each file replaced whole by a rename, so a failure leaves no half-written file."""
     changed = [g for g in expected(root, catalog) if _current(g.path) != g.text]
     for g in changed:

@@ -31,7 +31,7 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA_LENGTH = 12  # of the commit in sha-<commit> tags: unambiguous in any repository this size
 
 
-def registry(override: str | None = None) -> str:
+def resolve_registry(override: str | None = None) -> str:
     # Registries take lower-case repository names only; GitHub owners may have capitals.
     return (override or os.environ.get("BUILDER_REGISTRY") or DEFAULT_REGISTRY).rstrip("/").lower()
 
@@ -99,7 +99,7 @@ def tags(target: Target, settings: Mapping[str, str], release: str | None = None
 def image_refs(
     target: Target, settings: Mapping[str, str], registry_override: str | None = None, release: str | None = None, sha: str | None = None
 ) -> list[str]:
-    return [f"{registry(registry_override)}/{target.name}:{tag}" for tag in tags(target, settings, release, sha)]
+    return [f"{resolve_registry(registry_override)}/{target.name}:{tag}" for tag in tags(target, settings, release, sha)]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.core.errors import UserError, shown
-from builder.images.catalog import Catalog
-from builder.images.tags import commit, tags, variants
-from builder.images.tags import registry as registry_of
+from builder.images.catalog import ImageCatalog
+from builder.images.tags import commit, resolve_registry, tags, variants
 
 # Native runners: no QEMU emulation, which would make a CUDA compile take many hours.
 RUNNERS = {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}
@@ -100,12 +99,12 @@ def _metadata_tags(tag_names: list[str]) -> str:
 
 
 def matrix(
-    catalog: Catalog, job: str, registry: str | None = None, release: str | None = None, sha: str | None = None, source: str = ""
+    catalog: ImageCatalog, job: str, registry: str | None = None, release: str | None = None, sha: str | None = None, source: str = ""
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     names: set[str] = set()
     for target in catalog.targets.values():
-        image = f"{registry_of(registry)}/{target.name}"
+        image = f"{resolve_registry(registry)}/{target.name}"
         for v in variants(target):
             tag_names = tags(target, v.settings, release, sha)
             common = {

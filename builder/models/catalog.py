@@ -49,7 +49,7 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Catalog:
+class ModelCatalog:
     models: Mapping[str, Model]
     default: str
     architectures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
@@ -108,7 +108,7 @@ def _model(name: str, raw: Mapping[str, Any]) -> Model:
     return model
 
 
-def check_engines(catalog: Catalog, known: Iterable[str]) -> None:
+def check_engines(catalog: ModelCatalog, known: Iterable[str]) -> None:
     """Every engine a model names is one the project runs: `known` comes from the image catalog and the stacks
     (catalog.engines()), never from a list here, so a new engine folder is known without editing this module. Not
     checked inside the model-init image, which carries the builder package without images/."""
@@ -131,7 +131,7 @@ def valid_repo_id(repo: str) -> bool:
     return True
 
 
-def load(text: str | None = None) -> Catalog:
+def load(text: str | None = None) -> ModelCatalog:
     """The catalog shipped with the package (or parsed from `text`)."""
     raw = yaml.safe_load(text if text is not None else resources.files("builder.models").joinpath("models.yaml").read_text())
     models = {name: _model(name, spec) for name, spec in raw["models"].items()}
@@ -141,10 +141,10 @@ def load(text: str | None = None) -> Catalog:
     for m in models.values():
         if m.arch is not None and m.arch not in arches:
             raise UserError(f"models.yaml: model {m.name!r} names architecture {m.arch!r}, which is not under architectures")
-    return Catalog(MappingProxyType(models), raw["default"], MappingProxyType(arches))
+    return ModelCatalog(MappingProxyType(models), raw["default"], MappingProxyType(arches))
 
 
-def resolve(spec: str, include: Iterable[str] = (), revision: str | None = None, catalog: Catalog | None = None) -> Selection:
+def resolve(spec: str, include: Iterable[str] = (), revision: str | None = None, catalog: ModelCatalog | None = None) -> Selection:
     """A catalog name, OWNER/REPO with --include patterns, or OWNER/REPO:QUANT, as a Selection."""
     catalog = catalog or load()
     include = tuple(include)

@@ -10,14 +10,13 @@ from typing import Any
 import click
 
 from builder.core.errors import Stopped, UserError, shown
-from builder.models import catalog, steps
-from builder.models import download as downloads
+from builder.models import catalog, download, steps
 
 LAYERS_MAX = 1024
 
 
 class Size(click.ParamType):
-    """A size such as 500M or 2G (downloads.parse_size)."""
+    """A size such as 500M or 2G (download.parse_size)."""
 
     name = "size"
 
@@ -25,7 +24,7 @@ class Size(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            return downloads.parse_size(str(value))
+            return download.parse_size(str(value))
         except UserError as e:
             self.fail(str(e), param, ctx)
 
@@ -60,7 +59,7 @@ def list_models(as_json: bool) -> None:
         click.echo(f"{m.name:<22} {size:>10} {shards:>9}  {m.format:<11} {','.join(m.engines):<30} {m.description}{mark}")
 
 
-@click.command()
+@click.command("download")
 @click.argument("model", required=False)
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default="models", show_default=True, envvar="BUILDER_MODELS_DIR",
               help="Folder the files land in, as DEST/<path in the repo> ($BUILDER_MODELS_DIR).")
@@ -77,18 +76,18 @@ def list_models(as_json: bool) -> None:
 @click.option("--path-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Also write the engine's model path to FILE.")
 @click.option("--min-free", type=Size(), metavar="SIZE",
               help="Space to leave free after the download, e.g. 500M or 2G (default: 3% of what is written, at least 16 MiB).")
-@click.option("--connections", type=click.IntRange(1, downloads.CONNECTIONS_MAX), default=downloads.CONNECTIONS, show_default=True,
+@click.option("--connections", type=click.IntRange(1, download.CONNECTIONS_MAX), default=download.CONNECTIONS, show_default=True,
               help="Ranged requests at once, across files and parts of a file (1 for a slow or shared link).")
-@click.option("--part-size", type=Size(), default=downloads.PART_SIZE, metavar="SIZE", show_default="64M",
+@click.option("--part-size", type=Size(), default=download.PART_SIZE, metavar="SIZE", show_default="64M",
               help="Large files are fetched in parts of this size, each resumable on its own.")
-def download(**options: Any) -> None:
+def download_command(**options: Any) -> None:
     """Fetch MODEL (a catalog name, OWNER/REPO:QUANT, or OWNER/REPO --include GLOB; default: the catalog's default)
     into DEST, resumably and verified; print the path the engine loads."""
-    with downloads.stop_on_signals():
+    with download.stop_on_signals():
         try:
             click.echo("\n".join(steps.run(steps.Request(**options)).lines))
         except Stopped as e:
             raise Stopped(e.signum, "what was fetched is kept: run the same command again to resume") from None
 
 
-COMMANDS = (list_models, download)
+COMMANDS = (list_models, download_command)

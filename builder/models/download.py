@@ -69,7 +69,7 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
-class Plan:
+class DownloadPlan:
     """The preflight's result: what to fetch, where, and whether it fits. Nothing is written to make it."""
 
     selection: Selection
@@ -295,7 +295,7 @@ def _missing_bytes(dest: Path, f: RemoteFile, verified: dict) -> int:
 
 
 def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | None = None, force: bool = False,
-         min_free: int | None = None) -> Plan:
+         min_free: int | None = None) -> DownloadPlan:
     """List the files and sizes, check that every path stays under DEST and that they fit: the preflight. Fetches
     no model byte, writes nothing."""
     dest = dest.resolve()
@@ -327,7 +327,7 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
         free = _check_space(dest, selection.label, to_fetch, min_free)
     else:
         free = _check_space(dest, selection.label, to_fetch + extra, min_free)
-    return Plan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
+    return DownloadPlan(selection, endpoint(), commit, tuple(files), dest, engine, fmt, to_fetch, extra, free)
 
 
 def _merge_preflight(dest: Path, files: list[RemoteFile], engine: Path, fmt: str, out: Path, force: bool) -> int:
@@ -340,7 +340,7 @@ def _merge_preflight(dest: Path, files: list[RemoteFile], engine: Path, fmt: str
     return _merge_bytes(dest, out, _model_sources(((f.path, f.size, f.sha256) for f in files), dest, engine))
 
 
-def describe(p: Plan) -> list[str]:
+def describe(p: DownloadPlan) -> list[str]:
     """The plan as text: one line per file, then the totals (what --dry-run prints, and the log's preflight)."""
     lines = [f"{p.selection.label}: {p.selection.repo} @ {p.commit[:12]} from {p.endpoint}"]
     lines += [f"  {human(f.size):>10}  {f.path}" for f in p.files]
@@ -364,7 +364,7 @@ def _intact(path: Path, f: RemoteFile) -> bool:
     return path.is_file() and path.stat().st_size == f.size and (f.sha256 is None or sha256_of(path) == f.sha256)
 
 
-def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: bool = False, connections: int = CONNECTIONS,
+def fetch(p: DownloadPlan, token: str | None, progress: DownloadProgress, *, verify: bool = False, connections: int = CONNECTIONS,
           part_size: int = PART_SIZE) -> None:
     """Fetch every file not yet complete, up to `connections` ranged requests at once; verify each (sha256 or size),
     record it, then write the done marker."""
@@ -374,7 +374,7 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
     progress.start(p.total, len(p.files))
     try:
         wanted = _check_present(p, progress, verified, state_path, verify)
-        settings = transfer.Settings(connections, part_size, p.endpoint, build_hf_headers(token=token or False))
+        settings = transfer.TransferSettings(connections, part_size, p.endpoint, build_hf_headers(token=token or False))
         lock = threading.Lock()
 
         def finish(w: transfer.Wanted) -> None:
@@ -396,7 +396,7 @@ def fetch(p: Plan, token: str | None, progress: DownloadProgress, *, verify: boo
     atomic_write(state_path, json.dumps(_state(p, verified, complete=True), indent=1))
 
 
-def _check_present(p: Plan, progress: DownloadProgress, verified: dict, state_path: Path, verify: bool) -> list[transfer.Wanted]:
+def _check_present(p: DownloadPlan, progress: DownloadProgress, verified: dict, state_path: Path, verify: bool) -> list[transfer.Wanted]:
     """Files already in place: trusted (the record says verified and they did not change), verified now, or found
     corrupt and removed. The rest, to fetch."""
     wanted = []
@@ -417,14 +417,14 @@ def _check_present(p: Plan, progress: DownloadProgress, verified: dict, state_pa
     return wanted
 
 
-def _record(p: Plan, verified: dict, state_path: Path, f: RemoteFile, target: Path, lock: threading.Lock | None) -> None:
+def _record(p: DownloadPlan, verified: dict, state_path: Path, f: RemoteFile, target: Path, lock: threading.Lock | None) -> None:
     """A file verified: recorded at once, so that after a crash the next run re-hashes none of the files verified."""
     with lock or nullcontext():
         verified[f.path] = {"size": f.size, "sha256": f.sha256, "stat": _stat_key(target)}
         atomic_write(state_path, json.dumps(_state(p, verified, complete=False), indent=1))
 
 
-def _state(p: Plan, verified: dict, *, complete: bool) -> dict:
+def _state(p: DownloadPlan, verified: dict, *, complete: bool) -> dict:
     return {
         "repo": p.selection.repo,
         "revision": p.selection.revision,

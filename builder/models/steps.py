@@ -12,9 +12,7 @@ from pathlib import Path
 from builder.core.errors import UserError
 from builder.core.paths import atomic_write, check_file, check_folder
 from builder.core.progress import DownloadProgress, human
-from builder.models import catalog as models
-from builder.models import download as downloads
-from builder.models import modelfile as modelfiles
+from builder.models import catalog, download, modelfile
 
 
 @dataclass(frozen=True)
@@ -46,52 +44,52 @@ class Outcome:
 
 
 def run(o: Request) -> Outcome:
-    selection = models.resolve(o.model or models.load().default, o.include, o.revision)
-    dest, merge, modelfile = o.dest, o.merge, o.modelfile
+    selection = catalog.resolve(o.model or catalog.load().default, o.include, o.revision)
+    dest, merge, modelfile_path = o.dest, o.merge, o.modelfile
     gpu_layers = num_gpu(o.num_gpu, selection)
-    if modelfile and selection.model and selection.model.format != "gguf":
+    if modelfile_path and selection.model and selection.model.format != "gguf":
         raise UserError(f"--modelfile is for GGUF models; {selection.label} is {selection.model.format}")
     # Every output's folder is checked before the download: a path under a regular file used to fail only after it.
     check_folder(dest, "--dest", writable=False)  # a finished download in a read-only folder still answers
-    for flag, path in (("--merge", merge), ("--modelfile", modelfile), ("--path-file", o.path_file)):
+    for flag, path in (("--merge", merge), ("--modelfile", modelfile_path), ("--path-file", o.path_file)):
         if path is not None:
             check_file(path, flag)
-    if o.part_size < downloads.PART_SIZE_MIN:
+    if o.part_size < download.PART_SIZE_MIN:
         raise UserError(f"--part-size {human(o.part_size)} is too small: give 1M or more (each part costs a request)")
     progress = DownloadProgress()
     dest = dest.resolve()
     if not o.dry_run:
-        downloads.clean_leftovers(dest, selection)
-    engine = None if (o.verify or o.dry_run) else downloads.done(selection, dest)
+        download.clean_leftovers(dest, selection)
+    engine = None if (o.verify or o.dry_run) else download.done(selection, dest)
     if engine is not None:
         progress.note(f"{selection.label}: already downloaded and verified in {dest}")
     else:
         if not o.dry_run:
             check_folder(dest, "--dest")
-        token = downloads.read_token()
-        plan = downloads.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
+        token = download.read_token()
+        plan = download.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
         if o.dry_run:
-            return Outcome(tuple(downloads.describe(plan)))
-        if modelfile:  # checked before a byte is fetched
+            return Outcome(tuple(download.describe(plan)))
+        if modelfile_path:  # checked before a byte is fetched
             check_modelfile_source(plan.format == "gguf", len(plan.gguf_files) > 1, merge)
-        for line in downloads.describe(plan):
+        for line in download.describe(plan):
             progress.note(line)
         try:
-            downloads.fetch(plan, token, progress, verify=o.verify, connections=o.connections, part_size=o.part_size)
+            download.fetch(plan, token, progress, verify=o.verify, connections=o.connections, part_size=o.part_size)
         except OSError as e:  # a disk filled by someone else meanwhile
             raise UserError(f"{e.filename or dest}: {e.strerror or e}; run the same command again to resume") from None
         engine = plan.engine_path
-    if modelfile is not None:  # again for a finished download, which made no plan
-        check_modelfile_source(engine.suffix == ".gguf", bool(downloads.SHARD.match(engine.name)), merge)
+    if modelfile_path is not None:  # again for a finished download, which made no plan
+        check_modelfile_source(engine.suffix == ".gguf", bool(catalog.SHARD.match(engine.name)), merge)
     if merge is not None:
         if engine.suffix != ".gguf":
             raise UserError("--merge is for GGUF models")
-        engine = downloads.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
-    if modelfile is not None:
+        engine = download.merge(dest, selection, engine, merge, force=o.force, note=progress.note)
+    if modelfile_path is not None:
         template = selection.model.template if selection.model else None
-        text = modelfiles.render(modelfiles.from_path(engine, modelfile), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
-        atomic_write(modelfile.resolve(), text)
-        progress.note(f"wrote {modelfile}")
+        text = modelfile.render(modelfile.from_path(engine, modelfile_path), template=template, num_ctx=o.num_ctx, num_gpu=gpu_layers)
+        atomic_write(modelfile_path.resolve(), text)
+        progress.note(f"wrote {modelfile_path}")
     if o.path_file is not None:
         atomic_write(o.path_file.resolve(), f"{engine}\n")
     progress.note(f"done: {engine} ({human(engine.stat().st_size) if engine.is_file() else 'folder'})")
@@ -106,7 +104,7 @@ def check_modelfile_source(gguf: bool, sharded: bool, merge: Path | None) -> Non
         raise UserError("--modelfile needs one GGUF file: add --merge OUT.gguf to join the shards")
 
 
-def num_gpu(value: int | str | None, selection: models.Selection) -> int | None:
+def num_gpu(value: int | str | None, selection: catalog.Selection) -> int | None:
     if value is None:
         # Every layer: the blocks plus the output layer, which ollama counts as one more.
         layers = selection.model.layers if selection.model else None

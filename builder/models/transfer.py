@@ -98,7 +98,7 @@ def missing(partial: Path, size: int) -> int:
 
 
 @dataclass(frozen=True)
-class Settings:
+class TransferSettings:
     connections: int
     part_size: int
     endpoint: str
@@ -157,7 +157,7 @@ class Transfer:
     a file's bytes are in its partial file (verification and the move into place), in the worker that fetched its
     last part. Raises the first failure, or the signal's exception, after asking every part to stop."""
 
-    def __init__(self, settings: Settings, progress: DownloadProgress, finish: Callable[[Wanted], None]) -> None:
+    def __init__(self, settings: TransferSettings, progress: DownloadProgress, finish: Callable[[Wanted], None]) -> None:
         self.settings = settings
         self.progress = progress
         self.finish = finish

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from builder.core.errors import UserError
-from builder.models.catalog import Catalog, Model
+from builder.models.catalog import Model, ModelCatalog
 from builder.models.shapes import GB, Shape, from_catalog, from_gguf
 from builder.plan.hardware import GIB, Machine
 
@@ -336,7 +336,7 @@ def engines_for(model: Model, wanted: str | None) -> list[str]:
     return usable
 
 
-def recommend(catalog: Catalog, machine: Machine, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
+def recommend(catalog: ModelCatalog, machine: Machine, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
     """The best DeepSeek-R1 variant that fits and decodes at a useful speed. Quality order: the full model before
     the distills, its original weights (FP8, vLLM) before quants, larger quants before smaller. Returns the plan
     and why each better one was passed over."""
@@ -365,7 +365,7 @@ def recommend(catalog: Catalog, machine: Machine, engine: str | None, context: i
 FILE_ENGINE = "llamacpp"  # a .gguf file named directly: llama.cpp loads it as it is
 
 
-def choose(catalog: Catalog, machine: Machine, model: str | None, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
+def choose(catalog: ModelCatalog, machine: Machine, model: str | None, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
     """`builder plan [MODEL]`: the recommendation (no MODEL), a downloaded .gguf (its header gives the exact sizes;
     the stack's MODEL stays as it is), or a catalog name on its first engine the planner knows. Returns the plan and
     the better models passed over."""

@@ -235,6 +235,6 @@ def test_stage_copies_repo_files_and_refuses_a_used_folder(tmp_path: Path):
     env = {"BUILDER_ROOT": str(root)}
     result = builder("stage", "toy", "--output", str(out), env=env)
     assert result.returncode == 0, result.stderr
-    assert (out / "builder" / "tags.py").is_file() and (out / "pyproject.toml").is_file() and (out / "Dockerfile").is_file()
+    assert (out / "builder" / "images" / "tags.py").is_file() and (out / "pyproject.toml").is_file() and (out / "Dockerfile").is_file()
     again = builder("stage", "toy", "--output", str(out), env=env)
     assert again.returncode == 2 and "not an empty folder" in again.stderr
