@@ -14,7 +14,9 @@
 # already applied is skipped, one that fits neither way stops the build. After compiling, amx_tile_check.py (needs
 # objdump) refuses any x86_64 CPU backend whose AMX kernels would load an empty tile configuration.
 #
-# usage: build.sh SOURCE_DIR PREFIX
+# usage: build.sh SOURCE_DIR PREFIX          configure, compile, install, and write the probe models
+#        build.sh probes SOURCE_DIR PREFIX   only write the probe models (the Dockerfile's step after the compile,
+#                                            so that an edit to tiny_gguf.py keeps the compile's layer)
 # environment:
 #   ACCELERATOR         cpu | cuda                                (default cpu)
 #   CUDA_ARCHITECTURES  e.g. "80;86;89;90;100;120"                 (cuda only)
@@ -23,9 +25,23 @@
 #   CPU_TARGET          portable: every CPU variant, picked at run time; native: -march=native (default portable)
 #   BUILD_DIR           cmake's build folder                      (default SOURCE_DIR/build)
 #   JOBS                parallel compile jobs                     (default: all cores)
+#   PROBES              yes | no: write the probe models after compiling (default yes)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+
+write_probes() {  # SOURCE_DIR PREFIX: the tiny Q4_0 models the entrypoint probes each CPU variant with
+  [ "${CPU_TARGET:-portable}" = portable ] || return 0
+  install -d "$2/share/r1kit"
+  for arch in llama deepseek2; do
+    PYTHONPATH="$1/gguf-py" python3 "$here/tiny_gguf.py" "$arch" --quant q4_0 "$2/share/r1kit/probe-$arch.gguf"
+  done
+}
+
+if [ "${1:-}" = probes ]; then
+  write_probes "${2:?usage: build.sh probes SOURCE_DIR PREFIX}" "${3:?usage: build.sh probes SOURCE_DIR PREFIX}"
+  exit 0
+fi
 src=${1:?usage: build.sh SOURCE_DIR PREFIX}
 prefix=${2:?usage: build.sh SOURCE_DIR PREFIX}
 build=${BUILD_DIR:-$src/build}
@@ -103,10 +119,8 @@ if [ "$(uname -m)" = x86_64 ]; then
 fi
 
 if [ "${CPU_TARGET:-portable}" = portable ]; then
-  install -d "$prefix/lib/ggml-cpu" "$prefix/share/r1kit"
+  install -d "$prefix/lib/ggml-cpu"
   mv "$prefix"/bin/libggml-cpu-*.so "$prefix/lib/ggml-cpu/"
   "${CC:-cc}" -O2 -o "$prefix/bin/r1kit-cpu-variants" "$here/cpu-variants.c" -ldl
-  for arch in llama deepseek2; do
-    PYTHONPATH="$src/gguf-py" python3 "$here/tiny_gguf.py" "$arch" --quant q4_0 "$prefix/share/r1kit/probe-$arch.gguf"
-  done
 fi
+[ "${PROBES:-yes}" = no ] || write_probes "$src" "$prefix"

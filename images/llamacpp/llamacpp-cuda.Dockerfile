@@ -52,15 +52,19 @@ ARG CUDA_ARCHITECTURES=80;86;89;90;100;120
 ARG CPU_TARGET=portable
 # Parallel compile jobs (build.sh; empty: every core). CI sets it to fit the runner's memory (builder/images/workflow.py JOBS).
 ARG JOBS=
-# build.sh patches and compiles, amx_tile_check.py reads the AMX kernels' machine code; cpu-variants.c and
-# tiny_gguf.py make what the entrypoint picks the CPU kernels with.
-COPY build.sh amx_tile_check.py cpu-variants.c tiny_gguf.py /usr/local/share/r1kit-build/
+# build.sh patches and compiles, amx_tile_check.py reads the AMX kernels' machine code; cpu-variants.c scores the
+# CPU kernel variants for the entrypoint.
+COPY build.sh amx_tile_check.py cpu-variants.c /usr/local/share/r1kit-build/
 COPY patches/ /usr/local/share/r1kit-build/patches/
 # ccache lives in a BuildKit cache mount: a rebuild after a small change recompiles only what changed.
 RUN --mount=type=cache,id=ccache-llamacpp-cuda,target=/root/.cache/ccache \
     CCACHE_DIR=/root/.cache/ccache ACCELERATOR=cuda BLAS=none CPU_TARGET="${CPU_TARGET}" JOBS="${JOBS}" \
     CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
-    bash /usr/local/share/r1kit-build/build.sh /src/llama.cpp /opt/llama.cpp
+    PROBES=no bash /usr/local/share/r1kit-build/build.sh /src/llama.cpp /opt/llama.cpp
+# The entrypoint's probe models, written after the compile: an edit to tiny_gguf.py (the tests' model writer too)
+# keeps the compile's layer.
+COPY tiny_gguf.py /usr/local/share/r1kit-build/
+RUN CPU_TARGET="${CPU_TARGET}" bash /usr/local/share/r1kit-build/build.sh probes /src/llama.cpp /opt/llama.cpp
 
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG DEBIAN_FRONTEND=noninteractive

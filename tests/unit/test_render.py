@@ -78,9 +78,9 @@ def build_sh(tmp_path: Path):
         (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{extra}\n')
         (stubs / name).chmod(0o755)
 
-    def run(**env: str) -> tuple[int, list[str], set[str], str]:
+    def run(*mode: str, **env: str) -> tuple[int, list[str], set[str], str]:
         prefix = tmp_path / "prefix"
-        out = subprocess.run(["bash", str(BUILD_SH), str(tmp_path / "src"), str(prefix)], capture_output=True, text=True,
+        out = subprocess.run(["bash", str(BUILD_SH), *mode, str(tmp_path / "src"), str(prefix)], capture_output=True, text=True,
                              env={"PATH": f"{stubs}:/usr/bin:/bin", **env})
         lines = calls.read_text().splitlines() if calls.exists() else []
         configure = next((line.split()[1:] for line in lines if line.startswith("cmake -S")), [])
@@ -102,6 +102,22 @@ def test_build_script_portable_cpu(build_sh):
     assert not [f for f in files if f.startswith("bin/libggml-cpu-")]
     assert "tiny_gguf.py deepseek2 --quant q4_0" in log
     assert "amx_tile_check.py" in log and "patch -d" in log
+
+
+def test_the_probe_models_are_a_step_of_their_own(build_sh):
+    """The Dockerfile compiles with PROBES=no, then copies tiny_gguf.py and runs `build.sh probes`: an edit to the
+    model writer must not reach the compile's layer."""
+    rc, _, files, log = build_sh(PROBES="no")
+    assert rc == 0, log
+    assert "bin/llama-server" in files and not [f for f in files if f.startswith("share/")] and "tiny_gguf.py" not in log
+    rc, _, files, log = build_sh("probes")
+    assert rc == 0, log
+    assert {"share/r1kit/probe-llama.gguf", "share/r1kit/probe-deepseek2.gguf"} <= files
+    assert log.count("cmake -S") == 1  # only the first run configured
+    dockerfile = (REPO / "images/llamacpp/llamacpp-cpu.Dockerfile").read_text()
+    compile_step = dockerfile.index("build.sh /src/llama.cpp /opt/llama.cpp")
+    assert "PROBES=no" in dockerfile[:compile_step] and dockerfile.index("COPY tiny_gguf.py") > compile_step
+    assert "tiny_gguf.py" not in dockerfile[:compile_step].split("FROM source AS build")[1]
 
 
 def test_build_script_cuda(build_sh):
