@@ -4,17 +4,19 @@ machine), each with the plan it should produce and why; a real GGUF's header; ba
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from builder.plan import hardware
 from builder.models import catalog as models
 from builder.core.errors import UserError
-from builder.models.catalog import Catalog
+from builder.models.catalog import ModelCatalog
 from builder.plan.planner import decode_estimate, plan_model, recommend, shape_for
 from builder.models.shapes import from_gguf
 from support.builder import builder_in_process as builder
 from support.compose import compose
+from support.prerequisites import REPO
 from support.tiny_gguf import write_tiny_deepseek2
 
 
@@ -23,7 +25,7 @@ def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: i
 
 
 @pytest.fixture(scope="module")
-def catalog() -> Catalog:
+def catalog() -> ModelCatalog:
     return models.load()
 
 
@@ -216,3 +218,17 @@ def test_llamacpp_puts_each_layer_where_the_plan_says(catalog, gpus, ram, model)
     expected_blocks = [c - (1 if g == max(i for i, x in enumerate(split) if x) else 0) for g, c in enumerate(split)]
     assert counts == expected_blocks, (plan.settings, placed)
     assert placed[n_layer] == max(i for i, x in enumerate(split) if x)  # the output head on the last GPU
+
+
+@pytest.mark.parametrize("engine,model,gpus,ram", [
+    ("llamacpp", "r1-671b-ud-iq1_s", "4xRTX4090", 256),
+    ("ollama", "r1-671b-ud-iq1_s", "4xRTX4090", 256),
+    ("vllm", "r1-671b-fp8", "8xH200", 2000),
+])
+def test_every_setting_a_planner_writes_is_a_variable_of_its_engines_stack(catalog, engine, model, gpus, ram):
+    """`builder plan --write` sets these in stacks/.env: one the stack does not read would be a silent no-op."""
+    plan = plan_model(model, shape_for(catalog.get(model), catalog.architectures), machine(gpus, ram, 32, "avx512"), engine, None)
+    stacks = REPO / "stacks"
+    text = "".join(p.read_text() for p in (*stacks.glob(f"{engine}-*.yml"), stacks / "shared/services.yml"))
+    unread = [key for key in plan.settings if not re.search(r"\$\{" + key + r"[:}-]", text)]
+    assert plan.settings and not unread, f"{engine}'s planner writes {unread}, which no {engine} stack file reads"
