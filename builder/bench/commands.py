@@ -26,6 +26,7 @@ from builder.bench.measure import (
 from builder.core.errors import UserError
 from builder.core.paths import atomic_write, check_file
 from builder.core.progress import CountProgress
+from builder.images import runtime
 
 
 @click.command("bench")
@@ -58,7 +59,8 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
         raise UserError("--plot needs matplotlib: install builder with its bench extra (pip install -e '.[bench]'), or leave --plot out")
     settings = LoadSettings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, api=api, ignore_eos=ignore_eos,
-                        api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed)
+                        api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed,
+                            token_counters=runtime.output_token_counters())
     progress = CountProgress("bench")
     try:
         result = asyncio.run(run(settings, progress))

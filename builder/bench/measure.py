@@ -35,7 +35,6 @@ WORDS = ("time", "year", "people", "way", "day", "man", "thing", "woman", "life"
          "father", "power", "hour", "game", "line", "end", "member", "law")
 CALIBRATION_WORDS = (8, 24)  # two setup prompts: tokens = overhead + per_word * words, fitted through both
 # Engines' Prometheus counters of output tokens at /metrics: llama-server (with --metrics), vLLM, SGLang.
-TOKEN_COUNTERS = ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total", "sglang:generation_tokens_total")
 METRIC = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
 Api = Literal["chat", "completions"]
 
@@ -53,6 +52,8 @@ class LoadSettings:
     api_key: str | None = None
     timeout: float = 600.0
     seed: int = 0
+    # The engines' output-token counters in /metrics (images/*/runtime.yaml `metrics.output_tokens`).
+    token_counters: tuple[str, ...] = ()
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(REQUESTS_MIN, REQUESTS_PER_SLOT * concurrency)
@@ -139,7 +140,7 @@ class Level:
     engine_decode_rate: float | None  # the same from the engine's own timings: sum(predicted_n - 1) / sum(predicted_ms)
     engine_prompt_time: Stat | None  # the engine's own prompt processing time per request (timings.prompt_ms)
     samples: tuple[Sample, ...]
-    # Output tokens by the engine's own /metrics counter over the level (TOKEN_COUNTERS); None where it has none.
+    # Output tokens by the engine's own /metrics counter over the level (LoadSettings.token_counters); None where it has none.
     engine_output_tokens: int | None = None
 
 
@@ -397,7 +398,7 @@ class Result:
     levels: tuple[Level, ...]
 
 
-async def engine_tokens(client: httpx2.AsyncClient) -> float | None:
+async def engine_tokens(client: httpx2.AsyncClient, counters: tuple[str, ...]) -> float | None:
     """The engine's output-token counter (summed over its label sets, e.g. vLLM's per model), or None."""
     try:
         r = await client.get("/metrics")
@@ -405,7 +406,7 @@ async def engine_tokens(client: httpx2.AsyncClient) -> float | None:
         return None
     if r.status_code != 200:
         return None
-    values = [float(m[2]) for m in METRIC.finditer(r.text) if m[1] in TOKEN_COUNTERS]
+    values = [float(m[2]) for m in METRIC.finditer(r.text) if m[1] in counters]
     return sum(values) if values else None
 
 
@@ -419,9 +420,9 @@ async def run(s: LoadSettings, progress: CountProgress) -> Result:
         levels = []
         first = 0
         for c in s.concurrency:
-            before = await engine_tokens(client)
+            before = await engine_tokens(client, s.token_counters)
             samples = await run_level(client, s, model, cal.words, c, first, progress)
-            after = await engine_tokens(client)
+            after = await engine_tokens(client, s.token_counters)
             first += len(samples)
             counted = None if before is None or after is None else round(after - before)
             level = dataclasses.replace(summarize(c, samples), engine_output_tokens=counted)

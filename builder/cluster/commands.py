@@ -39,7 +39,7 @@ DEFAULT = {f.name: f.default for f in dataclasses.fields(slurm.Job) if f.default
 @click.option("--wait-timeout", type=click.IntRange(1, 86400), help=f"Seconds the head waits for every node to join Ray (default {DEFAULT['wait_timeout']}; the model load comes after).")
 @click.option("--ray-port", type=click.IntRange(1, 65535), help=f"Ray's port on the head (default {DEFAULT['ray_port']}).")
 @click.option("--host", help=f"The address vLLM listens on (default {DEFAULT['host']}; another needs --api-key-file).")
-@click.option("--port", type=click.IntRange(1, 65535), help=f"vLLM's port (default {DEFAULT['port']}).")
+@click.option("--port", type=click.IntRange(1, 65535), help="vLLM's port (default: its port in images/vllm/runtime.yaml).")
 @click.option("--served-model-name", help="The model's name in the API (default: the catalog name).")
 @click.option("--max-model-len", type=click.IntRange(1, CONTEXT_MAX), help="vLLM's --max-model-len (the preset's by default).")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), help="vLLM's --gpu-memory-utilization (the preset's by default).")

@@ -13,7 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -26,6 +26,7 @@ import builder.models.catalog
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write, check_file, find_repo_root
 from builder.core.templates import environment
+from builder.images import runtime
 from builder.images.render import image_tag
 from builder.images.tags import resolve_registry
 from builder.models.catalog import Model, ModelCatalog
@@ -99,7 +100,7 @@ class Job(Layout):
     wait_timeout: int = WAIT_TIMEOUT
     ray_port: int = 6379
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = field(default_factory=lambda: runtime.load(VLLM_TARGET).port)
     served_model_name: str | None = None
     api_key_file: str | None = None
     ifname: str | None = None
@@ -242,20 +243,18 @@ def model_path(j: Job) -> str:
 
 
 def serve_args(j: Job) -> list[str]:
-    """`vllm serve`'s arguments; r1kit-cluster adds `--distributed-executor-backend ray`."""
-    return [
-        model_path(j),
-        "--served-model-name", j.served_model_name or j.model,
-        "--host", j.host,
-        "--port", str(j.port),
-        "--tensor-parallel-size", str(j.tensor_parallel),
-        "--pipeline-parallel-size", str(j.pipeline_parallel),
-        "--max-model-len", str(j.max_model_len),
-        "--gpu-memory-utilization", f"{j.gpu_memory_utilization:g}",
+    """`vllm serve`'s arguments, each setting with the flag images/vllm/runtime.yaml gives it; r1kit-cluster adds
+    `--distributed-executor-backend ray`."""
+    settings = {
+        "VLLM_SERVED_MODEL_NAME": j.served_model_name or j.model,
+        "VLLM_TENSOR_PARALLEL_SIZE": str(j.tensor_parallel),
+        "VLLM_PIPELINE_PARALLEL_SIZE": str(j.pipeline_parallel),
+        "VLLM_MAX_MODEL_LEN": str(j.max_model_len),
+        "VLLM_GPU_MEMORY_UTILIZATION": f"{j.gpu_memory_utilization:g}",
         # R1's thinking arrives in the answer's `reasoning` field (--enable-reasoning is gone).
-        "--reasoning-parser", "deepseek_r1",
-        *j.extra_args,
-    ]
+        "VLLM_REASONING_PARSER": "deepseek_r1",
+    }
+    return [model_path(j), "--host", j.host, "--port", str(j.port), *runtime.load(VLLM_TARGET).flags(settings), *j.extra_args]
 
 
 def _lines(args: list[str]) -> list[str]:
@@ -293,7 +292,7 @@ def render(j: Job, presets: Presets | None = None, catalog: ModelCatalog | None 
             model_init = launcher_image(j.model_init_image or _published(MODEL_INIT_TARGET), j.launcher)
     text = _environment().get_template("slurm.sbatch.j2").render(
         job=j, model=model, image=image, model_init_image=model_init, serve_lines=_lines(serve_args(j)),
-        gpu_step=_gpu_step(j), api_key_in_container=API_KEY_IN_CONTAINER,
+        gpu_step=_gpu_step(j), api_key_in_container=API_KEY_IN_CONTAINER, engine=runtime.load(VLLM_TARGET),
     )
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 

@@ -139,7 +139,7 @@ def plan(
     )
 
 
-STAGE_EXCLUDES = {"image.yaml", "source"}  # and source-NAME/ folders (below)
+STAGE_EXCLUDES = {"image.yaml", "runtime.yaml", "source"}  # and source-NAME/ folders (below)
 
 
 def check_backend(build: BuildPlan, backend: Backend) -> None:
@@ -166,7 +166,7 @@ def _check_outside_sources(build: BuildPlan, into: Path) -> None:
 
 def stage_context(build: BuildPlan, into: Path) -> None:
     """The build context: the image folder, the rendered Dockerfile and, with --source, source/."""
-    # Left out: the template and spec, the committed renders (*.Dockerfile and their .dockerignore, for compose
+    # Left out: the template, spec and runtime facts, the committed renders (*.Dockerfile and their .dockerignore, for compose
     # `build:`) and a local source/ folder (compose builds with LLAMACPP_SOURCE=local use it; `builder build`
     # stages --source instead).
     _check_outside_sources(build, into)

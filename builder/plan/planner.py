@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from builder.core.errors import UserError
+from builder.images import runtime
 from builder.models.catalog import Model, ModelCatalog
 from builder.models.shapes import GB, Shape, from_catalog, from_gguf
 from builder.plan.hardware import GIB, Machine
@@ -78,7 +79,7 @@ class Plan:
     shape: Shape
     context: int
     settings: Mapping[str, str]  # the stack's variables (stacks/.env)
-    flags: tuple[str, ...]  # the same as engine flags, for running the engine by hand
+    flags: tuple[str, ...]  # the settings as the engine's flags (images/<engine>/runtime.yaml), for running it by hand
     expectation: str
     tokens_per_s: float
     gpu_bytes: tuple[int, ...] = ()
@@ -225,15 +226,10 @@ def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Pl
         "LLAMACPP_THREADS": str(machine.cores) if machine.cores else "",
         "LLAMACPP_PARALLEL": "1",
     }
-    flags = ["-ngl", settings["LLAMACPP_N_GPU_LAYERS"]]
-    for flag, key in (("--n-cpu-moe", "LLAMACPP_N_CPU_MOE"), ("--split-mode", "LLAMACPP_SPLIT_MODE"),
-                      ("--tensor-split", "LLAMACPP_TENSOR_SPLIT"), ("-c", "LLAMACPP_CTX_SIZE"), ("-t", "LLAMACPP_THREADS")):
-        if settings[key]:
-            flags += [flag, settings[key]]
     reasons = [p.describe(shape)]
     if p.cpu_moe:
         reasons.append("a token reads only a few routed experts, so experts in RAM cost least; layers stay on the GPUs")
-    return Plan(name, "llamacpp", shape, context, settings, tuple(flags), p.describe(shape), p.tokens_per_s,
+    return Plan(name, "llamacpp", shape, context, settings, runtime.load("llamacpp").flags(settings), p.describe(shape), p.tokens_per_s,
                 p.gpu_bytes, p.ram_bytes, tuple(reasons))
 
 
@@ -244,7 +240,7 @@ def ollama_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan
     settings = {"MODEL": name, "OLLAMA_NUM_GPU": str(p.ngl), "OLLAMA_CONTEXT_LENGTH": str(context)}
     reasons = [p.describe(shape), "Ollama offloads whole layers only (no experts-in-RAM split): llama.cpp is faster here"
                if shape.experts and p.gpu_layers < shape.layers else "whole layers fit as they are"]
-    return Plan(name, "ollama", shape, context, settings, ("num_gpu", str(p.ngl), "num_ctx", str(context)),
+    return Plan(name, "ollama", shape, context, settings, runtime.load("ollama").flags(settings),
                 p.describe(shape), p.tokens_per_s, p.gpu_bytes, p.ram_bytes, tuple(reasons))
 
 
@@ -272,16 +268,13 @@ def vllm_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
         # R1's experts spread over the GPUs rather than each split across all of them (vLLM's advice for R1).
         "VLLM_EXPERT_PARALLEL": "--enable-expert-parallel" if shape.experts and total_gpus > 1 else "",
     }
-    flags = ("--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(machine.nodes),
-             "--max-model-len", str(context), "--gpu-memory-utilization", f"{VLLM_UTILIZATION:.2f}",
-             "--max-num-seqs", str(seqs)) + ((settings["VLLM_EXPERT_PARALLEL"],) if settings["VLLM_EXPERT_PARALLEL"] else ())
     bw = min(g.bandwidth_gbps for g in machine.gpus) * GB * GPU_EFFICIENCY
     per_token = (shape.total - shape.experts + shape.experts * shape.active_experts) / gpus_per_node
     tps = 1.0 / (per_token / bw)
     expectation = (f"weights on {total_gpus} GPUs (tensor parallel {gpus_per_node} within a node, pipeline parallel "
                    f"{machine.nodes} across nodes); room for about {kv_room // kv_per_token:,} tokens of KV cache")
     gpu_each = int((shape.total / total_gpus) + kv_per_token * context / total_gpus)
-    return Plan(name, "vllm", shape, context, settings, flags, expectation, tps, (gpu_each,) * total_gpus, 0,
+    return Plan(name, "vllm", shape, context, settings, runtime.load("vllm").flags(settings), expectation, tps, (gpu_each,) * total_gpus, 0,
                 ("vLLM serves many users at once; every weight stays on the GPUs",))
 
 

@@ -9,13 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException
-
-from builder.images import build
-from builder.images import catalog
 from support.builder import RUN
-from support.http import LOOPBACK_ANY_PORT, post_json, published_url, status, wait_until_healthy
+from support.http import (
+    LOOPBACK_ANY_PORT,
+    post_json,
+    published_url,
+    status,
+    wait_until_healthy,
+)
+from support.prerequisites import REPO
+
+from builder.images import build, catalog, runtime
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -98,10 +105,25 @@ def test_llama_bench_runs_inside_the_image(docker: DockerClient, image: str, tin
     assert all(r["avg_ts"] > 0 for r in results)
 
 
+def help_entries(help_text: str) -> list[str]:
+    """llama-server --help's options, one entry each: its flags on the first line, then its description and env."""
+    return re.split(r"\n(?=-)", help_text)
+
+
 def test_server_flags_exist_in_the_binary(docker: DockerClient, image: str):
     help_text = docker.run(image, ["--help"], remove=True)
     for flag in SERVER_FLAGS:
         assert re.search(rf"(^|[\s,]){re.escape(flag)}([\s,=]|$)", help_text, re.M), f"llama-server has no {flag}"
+    # images/llamacpp/runtime.yaml's settings: the stack passes each as a LLAMA_ARG_* variable; `builder plan`
+    # prints it as a flag. Both must be the same option of this binary.
+    facts = runtime.load("llamacpp")
+    stack = yaml.safe_load((REPO / "stacks/llamacpp-webui.yml").read_text())["services"]["llamacpp"]["environment"]
+    for key, flag in facts.settings.items():
+        if flag is None:
+            continue
+        (variable,) = [name for name, value in stack.items() if re.match(rf"\$\{{{key}[:}}-]", str(value))]
+        (entry,) = [e for e in help_entries(help_text) if re.search(rf"(^|[\s,]){re.escape(flag)}[\s,]", e.splitlines()[0])]
+        assert f"(env: {variable})" in entry, f"{key}: the stack sets {variable}, but {flag} is read from: {entry}"
     # The old bare `--flash-attn` switch became `--flash-attn on|off|auto`.
     assert re.search(r"--flash-attn \[?(on\|off\|auto|FA)", help_text), "expected --flash-attn to take a value"
 

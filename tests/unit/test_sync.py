@@ -229,6 +229,29 @@ RUN if [ -z "${TOY_SHA256}" ]; then echo "no sha256 pinned for toy ${TOY_VERSION
     && tar -xzf /tmp/toy.tar.gz -C /opt \\
     && rm /tmp/toy.tar.gz
 """
+TOY_RUNTIME = """\
+port: 9000
+health: /ready
+api_key_file: TOY_API_KEY_FILE
+metrics: {output_tokens: "toy:tokens_out_total"}
+settings: {MODEL: null, TOY_THREADS: --threads}
+"""
+# The least stack the runtime tests need: the engine, and Open WebUI pointed at it with its key.
+TOY_STACK = """\
+services:
+  model-init:
+    image: r1kit-test/debian:bookworm-slim
+    command: ["${MODEL:-toy-small}"]
+  toy:
+    image: r1kit-test/debian:bookworm-slim
+    command: ["toy", "serve", "--threads=${TOY_THREADS:-4}"]
+    environment: {TOY_API_KEY_FILE: /run/r1kit/keys/toy_api_key}
+    expose: ["9000"]
+    healthcheck: {test: ["CMD-SHELL", "curl -fsS http://127.0.0.1:9000/ready || exit 1"]}
+  open-webui:
+    image: r1kit-test/debian:bookworm-slim
+    environment: {OPENAI_API_BASE_URL: "http://toy:9000/v1", R1KIT_OPENAI_API_KEY_FILE: /run/r1kit/keys/toy_api_key}
+"""
 
 
 @pytest.mark.slow
@@ -238,6 +261,8 @@ def test_a_new_engine_folder_is_picked_up_with_no_edit_to_builder_or_tests(tmp_p
     toy.mkdir()
     (toy / "image.yaml").write_text(TOY_SPEC)
     (toy / "Dockerfile.j2").write_text(TOY_TEMPLATE)
+    (toy / "runtime.yaml").write_text(TOY_RUNTIME)
+    (root / "stacks" / "toy-webui.yml").write_text(TOY_STACK)
     listed = {row["name"]: row for row in json.loads(builder("list", "--json", root=root).stdout)}
     assert listed["toy-cpu"]["engine"] == "toy" and [v["name"] for v in listed["toy-cpu"]["variants"]] == ["default", "spicy"]
     rendered = builder("render", "toy-cpu", "--flavour", "spicy", root=root)
@@ -248,10 +273,17 @@ def test_a_new_engine_folder_is_picked_up_with_no_edit_to_builder_or_tests(tmp_p
     assert "toy example/toy" in builder("upstreams", root=root).stdout
     # The catalog-driven tests collect and pass the new folder, untouched.
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", "-k", "toy", "-m", "not docker and not slow",
-                          "tests/unit/test_render.py", "tests/unit/test_sync.py"], cwd=root, capture_output=True, text=True,
+                          "tests/unit/test_render.py", "tests/unit/test_sync.py", "tests/unit/test_engine_runtime.py"], cwd=root, capture_output=True, text=True,
                          env={**os.environ, "BUILDER_ROOT": str(root)})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = re.findall(r"^PASSED (\S+)", run.stdout, re.M)
     assert any("test_renders_and_passes_hadolint[toy-cpu" in t for t in passed), run.stdout[-3000:]
     assert any("test_every_image_yaml_passes_the_schema[toy]" in t for t in passed), run.stdout[-3000:]
     assert any("test_every_committed_render_is_marked_generated[toy]" in t for t in passed), run.stdout[-3000:]
+    # Its runtime facts are checked against its stack, and the bench counts its tokens.
+    for test in ("test_the_engine_listens_where_open_webui_and_the_port_override_look", "test_an_http_healthcheck_probes_the_engines_health_path",
+                 "test_the_engine_and_open_webui_read_the_same_key_file", "test_every_setting_reaches_the_stack_as_its_flag"):
+        assert any(f"{test}[toy]" in t for t in passed), run.stdout[-3000:]
+    counters = subprocess.run([sys.executable, "-c", "from builder.images import runtime; print(runtime.output_token_counters())"],
+                              cwd=root, capture_output=True, text=True, env={**os.environ, "BUILDER_ROOT": str(root)})
+    assert "toy:tokens_out_total" in counters.stdout, counters.stderr
