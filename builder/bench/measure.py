@@ -21,6 +21,7 @@ import httpx2
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write
 from builder.core.progress import CountProgress
+from builder.core.values import plain, unsafe_character
 
 CONCURRENCY_MAX = 4096
 REQUESTS_PER_SLOT = 4  # default requests per level: each slot serves several in turn, so the level runs full
@@ -37,6 +38,13 @@ CALIBRATION_WORDS = (8, 24)  # two setup prompts: tokens = overhead + per_word *
 # Engines' Prometheus counters of output tokens at /metrics: llama-server (with --metrics), vLLM, SGLang.
 METRIC = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
 Api = Literal["chat", "completions"]
+PORT_MAX = 65535
+# Tokens one request's usage may claim: far beyond any context window. More is a broken or hostile counter, which
+# would otherwise become a rate (10**400 overflowed the float; -22 million was reported as tokens/s).
+USAGE_MAX = 10**9
+TIMING_MAX = 1e12  # llama-server's timings (tokens, milliseconds): 30 years of ms; beyond it, no measurement
+TIMINGS_USED = ("predicted_n", "predicted_ms", "prompt_n", "prompt_ms")  # what summarize() computes with
+METRICS_TIMEOUT = 10.0  # seconds a /metrics reading may take (at most --timeout): a scrape is a small text
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,7 @@ class Level:
     samples: tuple[Sample, ...]
     # Output tokens by the engine's own /metrics counter over the level (LoadSettings.token_counters); None where it has none.
     engine_output_tokens: int | None = None
+    engine_output_problem: str = ""  # why engine_output_tokens is None where the engine does have a counter
 
 
 def summarize(concurrency: int, samples: list[Sample]) -> Level:
@@ -180,13 +189,19 @@ def summarize(concurrency: int, samples: list[Sample]) -> Level:
 
 
 def base_url(url: str) -> str:
-    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole."""
+    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole. Checked
+    whole before any request: a port the socket layer cannot take (99999) ended in a traceback at the first connect."""
+    plain(url, "URL")
     try:
         u = httpx2.URL(url)
     except (httpx2.InvalidURL, TypeError, ValueError):
         u = None
     if u is None or u.scheme not in ("http", "https") or not u.host:
         raise UserError(f"URL {shown(url)} is not an http(s) URL: give the server's address, e.g. http://127.0.0.1:8080")
+    if u.port is not None and not 1 <= u.port <= PORT_MAX:
+        raise UserError(f"URL {shown(url)}: port {u.port} is out of range (1 to {PORT_MAX})")
+    if u.query or u.fragment:  # the request paths are appended to the URL: a query would end up in front of them
+        raise UserError(f"URL {shown(url)} takes no query or fragment (?... or #...): give the server's address, e.g. http://127.0.0.1:8080")
     text = str(u).rstrip("/")
     for tail in ("/v1/chat/completions", "/v1/completions", "/v1"):
         if text.endswith(tail):
@@ -230,14 +245,21 @@ def read_api_key(path: Path) -> str:
 # --- the client -----------------------------------------------------------------------------------------------------
 
 
+def said(value: object, limit: int = 200) -> str:
+    """What a server sent, fit for one line of the report or of an error: whitespace runs become one space, and any
+    other control character is written as its escape (an ESC sequence from a server could rewrite the terminal)."""
+    text = " ".join(str(value).split())[:limit]
+    return "".join(repr(ch)[1:-1] if unsafe_character(ch) else ch for ch in text)
+
+
 def _server_message(r: httpx2.Response) -> str:
     """The error an OpenAI-compatible server put in its body ({"error": {"message": ...}}), else the status."""
     try:
         body = r.json()
         message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error") or body.get("detail") or body.get("message")
-    except (ValueError, AttributeError, KeyError, TypeError):
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
         message = None
-    return f"HTTP {r.status_code}" + (f": {' '.join(str(message).split())[:200]}" if message else "")
+    return f"HTTP {r.status_code}" + (f": {said(message)}" if message else "")
 
 
 def prompt_text(seed: int, index: int, words: int) -> str:
@@ -256,71 +278,187 @@ def request_body(s: LoadSettings, model: str, prompt: str, max_tokens: int) -> d
     return body
 
 
-def _text(choice: dict[str, Any]) -> str:
-    """The text a streamed choice carries: chat content, a reasoning model's thinking (R1's, split out by
-    --reasoning-format / --reasoning-parser: `reasoning_content` or, newer, `reasoning`), or a completion's text."""
-    delta = choice.get("delta") or {}
-    return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or choice.get("text") or ""
+class Malformed(ValueError):
+    """A chunk, or a value in one, that no OpenAI-compatible server sends: the request counts as an error."""
+
+
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _typed(value: Any, kind: type, name: str) -> Any:
+    """`value` where it is None (absent) or of `kind`; a Malformed naming `name` otherwise."""
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise Malformed(f"{name} is {JSON_TYPES.get(type(value), type(value).__name__)}, not {JSON_TYPES[kind]}")
+    return value
+
+
+def _value(value: Any, limit: int = 40) -> str:
+    """A value from a chunk, as JSON writes it ("3" a string, 3 a number), cut to `limit` with its length said: a
+    usage of 10**400 is 401 digits."""
+    text = json.dumps(value)
+    return said(text, limit) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def _tokens(value: Any, name: str) -> int | None:
+    """A usage count: a whole number from 0 to USAGE_MAX, or None where the server left it out."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Malformed(f"{name} {_value(value)} is not a whole number")
+    if not 0 <= value <= USAGE_MAX:
+        raise Malformed(f"{name} {_value(value)} is out of range (0 to {USAGE_MAX})")
+    return value
+
+
+def _measure(value: Any) -> float | None:
+    """A timing (milliseconds, or tokens) as a float, or None where it is not a finite number from 0 to TIMING_MAX
+    (NaN fails the comparison too; an int too large for a float is compared exactly, never converted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= TIMING_MAX:
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Usage:
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one streamed chunk says, its types checked."""
+
+    error: str = ""  # the server's own error, sent in the stream
+    texts: int = 0  # choices carrying text
+    finished: bool = False  # a choice's finish_reason
+    usage: Usage | None = None
+    timings: dict[str, float] | None = None  # llama-server's; finite numbers only
+
+
+def _choice(choice: Any, name: str) -> tuple[bool, bool]:
+    """(carries text, finished) of one streamed choice. The text is chat content, a reasoning model's thinking (R1's,
+    split out by --reasoning-format / --reasoning-parser: `reasoning_content` or, newer, `reasoning`), or a
+    completion's text."""
+    _typed(choice, dict, name)
+    if choice is None:
+        raise Malformed(f"{name} is null, not an object")
+    delta = _typed(choice.get("delta"), dict, f"{name}.delta") or {}
+    texts = [_typed(delta.get(key), str, f"{name}.delta.{key}") for key in ("content", "reasoning_content", "reasoning")]
+    texts.append(_typed(choice.get("text"), str, f"{name}.text"))
+    return any(texts), bool(_typed(choice.get("finish_reason"), str, f"{name}.finish_reason"))
+
+
+def _usage(value: Any) -> Usage | None:
+    usage = _typed(value, dict, "usage")
+    if not usage:  # absent or {}: the last usage seen stands
+        return None
+    return Usage(_tokens(usage.get("completion_tokens"), "usage.completion_tokens"),
+                 _tokens(usage.get("prompt_tokens"), "usage.prompt_tokens"))
+
+
+def _timings(value: Any) -> dict[str, float] | None:
+    """llama-server's timings: the ones summarize() uses must be numbers; any other that is not one is left out."""
+    timings = _typed(value, dict, "timings")
+    if not timings:
+        return None
+    kept = {}
+    for key, x in timings.items():
+        number = _measure(x)
+        if number is None and key in TIMINGS_USED:
+            raise Malformed(f"timings.{key} {_value(x)} is not a number from 0 to {TIMING_MAX:g}")
+        if number is not None:
+            kept[said(key, 40)] = number
+    return kept
+
+
+def read_chunk(data: str) -> Chunk:
+    """One SSE event's data, checked: a Malformed (a ValueError) for JSON that is not a chunk of the OpenAI API."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        raise Malformed(f"not JSON ({type(e).__name__}): {said(data, 80)}") from None
+    if not isinstance(chunk, dict):
+        raise Malformed(f"not a JSON object: {said(data, 80)}")
+    if chunk.get("error"):
+        return Chunk(error=f"stream error: {said(chunk['error'])}")
+    choices = [_choice(c, f"choices[{i}]") for i, c in enumerate(_typed(chunk.get("choices"), list, "choices") or [])]
+    return Chunk(texts=sum(text for text, _ in choices), finished=any(done for _, done in choices),
+                 usage=_usage(chunk.get("usage")), timings=_timings(chunk.get("timings")))
+
+
+@dataclass
+class Stream:
+    """What one request's stream said so far."""
+
+    times: list[float] = dataclasses.field(default_factory=list)  # arrivals of text, one per choice carrying it
+    finished: float | None = None
+    usage: Usage = Usage()
+    engine: dict[str, float] | None = None
+
+
+async def _stream(client: httpx2.AsyncClient, path: str, body: dict[str, Any], t0: float, seen: Stream) -> str:
+    """Send one request and read its stream into `seen`; the error, or ""."""
+    async with client.sse(path, method="POST", json=body) as events:
+        r = events.response
+        if r.status_code != 200:
+            await r.aread()
+            return _server_message(r)
+        async for event in events:
+            now = time.perf_counter() - t0
+            if event.data.strip() == "[DONE]":
+                break
+            chunk = read_chunk(event.data)
+            if chunk.error:
+                return chunk.error
+            seen.times.extend([now] * chunk.texts)
+            if chunk.finished:
+                seen.finished = now
+            seen.usage = chunk.usage or seen.usage
+            seen.engine = chunk.timings or seen.engine
+    return ""
 
 
 async def one_request(client: httpx2.AsyncClient, s: LoadSettings, model: str, prompt: str, max_tokens: int, t0: float) -> Sample:
     path = "/v1/chat/completions" if s.api == "chat" else "/v1/completions"
     start = time.perf_counter() - t0
-    times: list[float] = []
-    finished: float | None = None
-    usage: dict[str, Any] = {}
-    engine: dict[str, float] | None = None
-    error = ""
+    seen = Stream()
     try:
-        async with client.sse(path, method="POST", json=request_body(s, model, prompt, max_tokens)) as events:
-            r = events.response
-            if r.status_code != 200:
-                await r.aread()
-                error = _server_message(r)
-            else:
-                async for event in events:
-                    now = time.perf_counter() - t0
-                    if event.data.strip() == "[DONE]":
-                        break
-                    chunk = json.loads(event.data)
-                    if not isinstance(chunk, dict):
-                        error = f"stream error: a chunk that is not a JSON object: {event.data[:80]!r}"
-                        break
-                    if chunk.get("error"):
-                        error = f"stream error: {str(chunk['error'])[:200]}"
-                        break
-                    for choice in chunk.get("choices") or []:
-                        if _text(choice):
-                            times.append(now)
-                        if choice.get("finish_reason"):
-                            finished = now
-                    usage = chunk.get("usage") or usage
-                    engine = chunk.get("timings") or engine
-    except (httpx2.HTTPError, json.JSONDecodeError) as e:
-        error = f"{type(e).__name__}: {str(e)[:200] or 'no detail'}"
+        # One deadline for the whole request: the client's own timeout bounds each read, and a server that sends an
+        # SSE comment every few seconds satisfies every read for good.
+        error = await asyncio.wait_for(_stream(client, path, request_body(s, model, prompt, max_tokens), t0, seen), s.timeout)
+    except asyncio.TimeoutError:
+        error = f"no complete answer within --timeout {s.timeout:g} s"
+    except Malformed as e:
+        error = f"malformed chunk: {e}"
+    except httpx2.HTTPError as e:
+        error = f"{type(e).__name__}: {said(e) or 'no detail'}"
     end = time.perf_counter() - t0
-    counted_usage = isinstance(usage.get("completion_tokens"), int)
-    if not error and not times and not (counted_usage and usage["completion_tokens"] > 0):
+    times, usage = seen.times, seen.usage
+    counted_usage = usage.completion_tokens is not None
+    if not error and not times and not (usage.completion_tokens or 0) > 0:
         error = "the stream carried no text and no usage"
     return Sample(
         start=start, end=end, error=error,
         first_token=times[0] if times else None,
-        last_token=finished if finished is not None and times else (times[-1] if times else None),
+        last_token=seen.finished if seen.finished is not None and times else (times[-1] if times else None),
         gaps=tuple(b - a for a, b in zip(times, times[1:])),
         chunks=len(times),
-        output_tokens=usage["completion_tokens"] if counted_usage else len(times),
-        prompt_tokens=usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None,
+        output_tokens=usage.completion_tokens if usage.completion_tokens is not None else len(times),
+        prompt_tokens=usage.prompt_tokens,
         counted="usage" if counted_usage else "chunks",
-        engine=engine if isinstance(engine, dict) else None,
+        engine=seen.engine,
     )
 
 
 async def pick_model(client: httpx2.AsyncClient, s: LoadSettings) -> str:
     """The model to ask for: --model, checked against /v1/models; or the one model the server lists."""
     try:
-        r = await client.get("/v1/models")
+        r = await asyncio.wait_for(client.get("/v1/models"), s.timeout)  # the whole answer, as for every request
+    except asyncio.TimeoutError:
+        raise UserError(f"{s.url}/v1/models: no complete answer within --timeout {s.timeout:g} s: "
+                        "is this an OpenAI-compatible server?") from None
     except httpx2.HTTPError as e:
-        raise UserError(f"{s.url} does not answer ({type(e).__name__}: {str(e)[:120] or 'no detail'}): is the server up, "
+        raise UserError(f"{s.url} does not answer ({type(e).__name__}: {said(e, 120) or 'no detail'}): is the server up, "
                         "and are the host and port right?") from None
     if r.status_code in (401, 403):
         raise UserError(f"{s.url}/v1/models: {_server_message(r)}: the server wants an API key; give --api-key-file")
@@ -332,15 +470,21 @@ async def pick_model(client: httpx2.AsyncClient, s: LoadSettings) -> str:
         listed = r.json()["data"]
         ids = [m["id"] for m in listed]
         aliases = [a for m in listed for a in m.get("aliases") or []]  # llama-server's --alias
-    except (ValueError, KeyError, TypeError, AttributeError):
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in ids + aliases):
+            raise TypeError("model names that are not strings")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise UserError(f"{s.url}/v1/models did not answer with an OpenAI model list: is this an OpenAI-compatible server?") from None
     if s.model:
         if s.model not in ids + aliases:
-            raise UserError(f"model {shown(s.model)} is not served at {s.url}: it serves {', '.join(ids[:8]) or 'none'}")
+            raise UserError(f"model {shown(s.model)} is not served at {s.url}: it serves {_names(ids) or 'none'}")
         return s.model
     if len(ids) != 1:
-        raise UserError(f"{s.url} serves {len(ids)} models ({', '.join(ids[:8])}): choose one with --model")
+        raise UserError(f"{s.url} serves {len(ids)} models ({_names(ids)}): choose one with --model")
     return ids[0]
+
+
+def _names(ids: list[str]) -> str:
+    return ", ".join(said(name, 80) for name in ids[:8])
 
 
 @dataclass(frozen=True)
@@ -355,11 +499,12 @@ class Calibration:
 
 
 async def calibrate(client: httpx2.AsyncClient, s: LoadSettings, model: str) -> Calibration:
-    samples = [await one_request(client, s, model, prompt_text(s.seed, -1 - i, n), 1, time.perf_counter())
-               for i, n in enumerate(CALIBRATION_WORDS)]
-    for sample in samples:
+    samples = []
+    for i, n in enumerate(CALIBRATION_WORDS):  # one at a time: a failed one ends the run, not after the next one's --timeout
+        sample = await one_request(client, s, model, prompt_text(s.seed, -1 - i, n), 1, time.perf_counter())
         if sample.error:
             raise UserError(f"{s.url}: the first request failed ({sample.error})")
+        samples.append(sample)
     made = sum(x.output_tokens for x in samples)
     a, b = (x.prompt_tokens for x in samples)
     if a is None or b is None or b <= a:
@@ -398,16 +543,56 @@ class Result:
     levels: tuple[Level, ...]
 
 
-async def engine_tokens(client: httpx2.AsyncClient, counters: tuple[str, ...]) -> float | None:
-    """The engine's output-token counter (summed over its label sets, e.g. vLLM's per model), or None."""
+@dataclass(frozen=True)
+class Reading:
+    """The engine's output-token counter at one moment: its value, or None and why (a problem is "" where the engine
+    simply has none: no /metrics, or none of the counters)."""
+
+    tokens: float | None
+    problem: str = ""
+
+
+def _count(text: str) -> float | None:
+    """A counter's value from /metrics: a finite number, 0 or more; None for `abc`, NaN, +Inf or 1e400."""
     try:
-        r = await client.get("/metrics")
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+async def engine_tokens(client: httpx2.AsyncClient, counters: tuple[str, ...], wait: float = METRICS_TIMEOUT) -> Reading:
+    """The engine's output-token counter (summed over its label sets, e.g. vLLM's per model)."""
+    try:
+        r = await asyncio.wait_for(client.get("/metrics"), wait)
+    except asyncio.TimeoutError:
+        return Reading(None, f"/metrics gave no complete answer within {wait:g} s")
     except httpx2.HTTPError:
-        return None
+        return Reading(None)
     if r.status_code != 200:
-        return None
-    values = [float(m[2]) for m in METRIC.finditer(r.text) if m[1] in counters]
-    return sum(values) if values else None
+        return Reading(None)
+    total = 0.0
+    found = False
+    for m in METRIC.finditer(r.text):
+        if m[1] in counters:
+            value = _count(m[2])
+            if value is None:
+                return Reading(None, f"{m[1]} {said(m[2], 40)} is not a count")
+            total += value
+            found = True
+    if not math.isfinite(total):
+        return Reading(None, f"the sum of {', '.join(counters)} is not finite")
+    return Reading(total if found else None)
+
+
+def tokens_between(before: Reading, after: Reading) -> Reading:
+    """The output tokens the engine counted between two readings."""
+    problem = before.problem or after.problem
+    if problem or before.tokens is None or after.tokens is None:
+        return Reading(None, problem)
+    if after.tokens < before.tokens:
+        return Reading(None, f"the counter went down from {before.tokens:.0f} to {after.tokens:.0f} (the engine restarted?)")
+    return Reading(after.tokens - before.tokens)
 
 
 async def run(s: LoadSettings, progress: CountProgress) -> Result:
@@ -420,12 +605,15 @@ async def run(s: LoadSettings, progress: CountProgress) -> Result:
         levels = []
         first = 0
         for c in s.concurrency:
-            before = await engine_tokens(client, s.token_counters)
+            wait = min(s.timeout, METRICS_TIMEOUT)
+            before = await engine_tokens(client, s.token_counters, wait)
             samples = await run_level(client, s, model, cal.words, c, first, progress)
-            after = await engine_tokens(client, s.token_counters)
+            after = await engine_tokens(client, s.token_counters, wait)
             first += len(samples)
-            counted = None if before is None or after is None else round(after - before)
-            level = dataclasses.replace(summarize(c, samples), engine_output_tokens=counted)
+            counted = tokens_between(before, after)
+            level = dataclasses.replace(summarize(c, samples),
+                                        engine_output_tokens=None if counted.tokens is None else round(counted.tokens),
+                                        engine_output_problem=counted.problem)
             progress.done(line(level))
             levels.append(level)
     if all(level.errors == level.requests for level in levels):
@@ -476,6 +664,9 @@ def table(result: Result) -> str:
         notes.append("The engine's own count of output tokens (its /metrics) " + (
             "equals the bench's at every level." if not differ else
             "differs (other clients' requests, or a failed request's tokens, count there too): " + "; ".join(differ) + "."))
+    problems = list(dict.fromkeys(lv.engine_output_problem for lv in result.levels if lv.engine_output_problem))
+    if problems:
+        notes.append("The engine's own count of output tokens (its /metrics) is unavailable: " + "; ".join(problems) + ".")
     errors = [f"concurrency {lv.concurrency}: {lv.first_error}" for lv in result.levels if lv.errors]
     if errors:
         notes.append("First error per level: " + "; ".join(errors) + ".")

@@ -63,12 +63,15 @@ def slurm_command(preset: str | None, vllm_args: tuple[str, ...], list_presets: 
     # click takes everything after `--` as arguments; vllm serve's start with an option (the model is ours).
     if vllm_args and not vllm_args[0].startswith("-"):
         raise UserError(f"unexpected argument {shown(vllm_args[0])}: one PRESET, then vllm serve's own options after `--`")
+    # -o is checked before the script is rendered: a path that cannot be written is refused before any other work.
+    target = slurm.output_path(output, force) if output is not None else None
     text = slurm.render(slurm.job(presets.get(preset), {**options, "extra_args": vllm_args or None}), presets)
     if dry_run:
         click.echo(text, nl=False)
-    elif output is not None:
-        slurm.write(output, text, force)
-        click.echo(output, err=True)
+    elif target is not None:
+        slurm.write(target, text)
+        # A symlink stays a link: its target gets the script, and the user is told which file that is.
+        click.echo(output if target == output else f"{output}: a symlink, wrote its target {target}", err=True)
     else:
         click.echo(slurm.submit(text))
 

@@ -24,8 +24,9 @@ import yaml
 import builder.images.catalog
 import builder.models.catalog
 from builder.core.errors import UserError, shown
-from builder.core.paths import atomic_write, check_file, find_repo_root
+from builder.core.paths import atomic_write, find_repo_root, output_file
 from builder.core.templates import environment
+from builder.core.values import matching, plain, unsafe_character
 from builder.images import runtime
 from builder.images.render import image_tag
 from builder.images.tags import resolve_registry
@@ -35,12 +36,13 @@ LAUNCHERS = ("pyxis", "apptainer", "bare")
 GPU_REQUESTS = ("gres", "gpus-per-node", "none")
 # `uname -m` and Docker's names for the two platforms the vLLM image is built for.
 ARCHES = {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}
+# The patterns are full matches (values.matching): a `$` anchor would let a trailing newline through.
 # Values that land on `#SBATCH` lines, which the shell does not parse: no quoting protects them.
-SBATCH_WORD = re.compile(r"^[A-Za-z0-9_.+-]+$")
-SBATCH_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$")
+SBATCH_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
+SBATCH_TIME = re.compile(r"([0-9]+-)?[0-9]+(:[0-9]+){0,2}")  # [0-9], not \d: \d takes any script's digits
 # NCCL_SOCKET_IFNAME: names, prefixes, `^` (exclude) and `=` (exact), comma-separated.
-IFNAME = re.compile(r"^[\^=]?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*$")
-HOST = re.compile(r"^[A-Za-z0-9_.:-]+$")
+IFNAME = re.compile(r"[\^=]?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*")
+HOST = re.compile(r"[A-Za-z0-9_.:-]+")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 VLLM_TARGET = "vllm"
 API_KEY_IN_CONTAINER = "/run/r1kit/api-key"  # where a container launcher mounts --api-key-file
@@ -138,14 +140,28 @@ def _positive(value: Any, what: str) -> None:
 
 
 def _absolute(value: str, what: str) -> None:
+    plain(value, what)
     path = PurePosixPath(value)
     # srun --container-mounts and apptainer --bind separate mounts with `,` and fields with `:`.
-    if not path.is_absolute() or any(c in value for c in ",:\n") or ".." in path.parts:
+    if not path.is_absolute() or any(c in value for c in ",:") or ".." in path.parts:
         raise UserError(f"{what} {shown(value)} must be an absolute path (the same on every node) without ',', ':' or '..'")
+
+
+def _plain_text(j: Job) -> None:
+    """Every string the script carries, on one line and printable (values.plain), before any other check: a
+    line break in a value would end a comment or a quoted word early, and bash would run what follows. The
+    checks below add each value's own shape; this one covers the values that have none (--image,
+    --served-model-name, vllm serve's own arguments)."""
+    for what, value in (("PRESET", j.preset), ("--model", j.model), ("--arch", j.arch), ("--launcher", j.launcher),
+                        ("--gpu-request", j.gpu_request), ("--image", j.image), ("--model-init-image", j.model_init_image),
+                        ("--served-model-name", j.served_model_name), *(("vllm serve's argument", a) for a in j.extra_args)):
+        if value is not None:
+            plain(value, what)
 
 
 def check(j: Job, presets: Presets, catalog: ModelCatalog) -> Model:
     """Refuse, in one line, what vLLM or SLURM would refuse later (or what would expose the endpoint)."""
+    _plain_text(j)
     for what, value in (("--nodes", j.nodes), ("--gpus-per-node", j.gpus_per_node), ("--tensor-parallel", j.tensor_parallel),
                         ("--pipeline-parallel", j.pipeline_parallel), ("--wait-timeout", j.wait_timeout), ("--max-model-len", j.max_model_len)):
         _positive(value, what)
@@ -184,14 +200,13 @@ def check(j: Job, presets: Presets, catalog: ModelCatalog) -> Model:
         if path is not None:
             _absolute(path, what)
     for what, value in (("--partition", j.partition), ("--account", j.account), ("--job-name", j.job_name)):
-        if value is not None and not SBATCH_WORD.match(value):
-            raise UserError(f"{what} {shown(value)}: letters, digits and _ . + - only (it lands on an #SBATCH line)")
-    if j.time is not None and not SBATCH_TIME.match(j.time):
-        raise UserError(f"--time {shown(j.time)} is not a SLURM time limit such as 24:00:00 or 2-00:00:00")
-    if j.ifname is not None and not IFNAME.match(j.ifname):
-        raise UserError(f"--ifname {shown(j.ifname)} is not a network interface name (or NCCL_SOCKET_IFNAME list such as ib0 or ^lo,docker)")
-    if not HOST.match(j.host):
-        raise UserError(f"--host {shown(j.host)} is not an address to listen on")
+        if value is not None:
+            matching(SBATCH_WORD, value, what, "letters, digits and _ . + - only (it lands on an #SBATCH line)")
+    if j.time is not None:
+        matching(SBATCH_TIME, j.time, "--time", "a SLURM time limit such as 24:00:00 or 2-00:00:00")
+    if j.ifname is not None:
+        matching(IFNAME, j.ifname, "--ifname", "a network interface name (or NCCL_SOCKET_IFNAME list such as ib0 or ^lo,docker)")
+    matching(HOST, j.host, "--host", "an address to listen on")
     if j.host not in LOOPBACK and j.api_key_file is None:
         raise UserError(f"--host {j.host} without --api-key-file would serve an endpoint anyone on the network can use: give "
                         "--api-key-file PATH (a file holding the key, readable on the head node)")
@@ -294,15 +309,34 @@ def render(j: Job, presets: Presets | None = None, catalog: ModelCatalog | None 
         job=j, model=model, image=image, model_init_image=model_init, serve_lines=_lines(serve_args(j)),
         gpu_step=_gpu_step(j), api_key_in_container=API_KEY_IN_CONTAINER, engine=runtime.load(VLLM_TARGET),
     )
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return _script_lines(text)
 
 
-def write(path: Path, text: str, force: bool = False) -> None:
-    """The whole script or nothing (a temp file renamed), executable; an existing file only with --force."""
-    check_file(path, "-o")
-    if path.exists() and not force:
-        raise UserError(f"-o {path} exists: give --force to replace it, or another path")
-    atomic_write(path, text, mode=0o755)
+def _script_lines(text: str) -> str:
+    """The rendered text with trailing blanks cut, split on "\n" only: bash ends a line there and nowhere else, while
+    str.splitlines() also breaks on \r, \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, so a value holding one would
+    be read differently by this check and by bash. Any such character left (from a preset or catalog file, not an
+    option: check() refused those) stops the script here."""
+    lines = [line.rstrip(" \t") for line in text.rstrip("\n").split("\n")]
+    for number, line in enumerate(lines, 1):
+        ch = unsafe_character(line, allow_tab=True)
+        if ch is not None:
+            raise UserError(f"the script's line {number} would hold the control character {ch!r}: {shown(line)}")
+    return "\n".join(lines) + "\n"
+
+
+def output_path(path: Path, force: bool = False) -> Path:
+    """Where `-o PATH` writes, checked before anything is rendered (core.paths.output_file): a symlink's target,
+    never a FIFO or a device; an existing file or a dangling link only with --force."""
+    try:
+        return output_file(Path(plain(str(path), "-o")), "-o", force=force)
+    except OSError as e:  # a name the file system refuses (too long, a loop of links): one line, as for any other refusal
+        raise UserError(f"-o {shown(str(path))}: {e.strerror or e}") from None
+
+
+def write(target: Path, text: str) -> None:
+    """The whole script or nothing (a temp file renamed), executable, at the path output_path() gave."""
+    atomic_write(target, text, mode=0o755)
 
 
 def submit(text: str, sbatch: str | None = None) -> str:

@@ -8,9 +8,11 @@ from typing import Any
 
 import click
 
-from builder.core.errors import Stopped, UserError, own_signals
+from builder.core.errors import Stopped, UserError, own_signals, shown
+from builder.core.values import unsafe_character
 
 ERROR_MAX = 2000  # characters of an error line: a backstop; messages cut the user's values shorter themselves
+ARGUMENT_MAX = 4096  # characters of one argument: PATH_MAX; no option of builder takes more
 USAGE_MAX = 300  # click's usage messages: short but for the value they repeat
 
 
@@ -42,12 +44,27 @@ class Command(click.Group):
             sys.exit(128 + signal.SIGINT)
         sys.exit(status if isinstance(status, int) else 0)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Every word typed passes the one check (builder/core/values.py) before any command sees it: no value with a
+        line break or a control character reaches a script, a file, a log or a command line."""
+        for arg in args:
+            if len(arg) > ARGUMENT_MAX:
+                raise click.UsageError(f"argument {shown(arg)} is longer than {ARGUMENT_MAX} characters", ctx)
+            ch = unsafe_character(arg)
+            if ch is not None:
+                raise click.UsageError(f"argument {shown(arg)} holds the control character {ch!r}: give every value on one line, "
+                                       "with printable characters only", ctx)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except UserError as e:
             error_line(str(e))
             ctx.exit(2)
+        except OSError as e:  # a path the system refuses (too long, no permission, ...) that no check foresaw
+            error_line(f"{e.strerror or e}{f': {shown(e.filename)}' if e.filename else ''}")
+            ctx.exit(1)
         except KeyboardInterrupt:
             error_line("interrupted (SIGINT)")
             ctx.exit(128 + signal.SIGINT)

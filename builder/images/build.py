@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -23,10 +24,9 @@ from python_on_whales.utils import stream_stdout_and_stderr
 
 from builder.core.errors import UserError, shown
 from builder.core.progress import BuildProgress
-from builder.images import render
-from builder.images.catalog import Target
+from builder.images import options, render
+from builder.images.catalog import Pin, Target
 from builder.images.docker import Backend
-from builder.images.options import parse_pairs
 from builder.images.tags import image_refs
 
 CONTEXT = "<context>"  # stands for the staging folder in a printed command
@@ -46,6 +46,8 @@ class BuildPlan:
     no_cache: bool
     # Further local sources (`--source NAME=PATH`), staged as source-NAME/.
     extra_sources: Mapping[str, Path] = field(default_factory=dict)
+    # BuildKit secrets (id -> file): mounted into the steps that ask for them, kept in no layer.
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
     def command(self, backend: Backend, context: str = CONTEXT) -> list[str]:
         cmd = [*backend.build_command, "--progress", "plain", "--file", f"{context}/Dockerfile"]
@@ -53,6 +55,8 @@ class BuildPlan:
             cmd += ["--tag", tag]
         for key, value in self.build_args.items():
             cmd += ["--build-arg", f"{key}={value}"]
+        for key, path in self.secrets.items():
+            cmd += ["--secret", f"id={key},src={path}"]
         if self.no_cache:
             cmd.append("--no-cache")
         if backend.kind == "buildx":
@@ -65,6 +69,16 @@ class BuildPlan:
     def shell_line(self, backend: Backend, context: str = CONTEXT) -> str:
         env = [f"{k}={v}" for k, v in backend.env.items()]
         return shlex.join([*env, *self.command(backend, context)])
+
+
+def host_ca_bundle() -> Path | None:
+    """The CA bundle this host trusts. Where TLS is inspected on the way out (a company proxy), only it verifies
+    PyPI; a build's downloads use it through the secret `ca`, and trust what they fetch for its pinned hash."""
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT"):
+        if os.environ.get(name) and Path(os.environ[name]).is_file():
+            return Path(os.environ[name])
+    default = Path(ssl.get_default_verify_paths().openssl_cafile)
+    return default if default.is_file() else None
 
 
 NAMED_SOURCE = re.compile(r"^([a-z][a-z0-9-]*)=(.+)$")
@@ -112,7 +126,7 @@ def plan(
 ) -> BuildPlan:
     """Check every input and fix the build; nothing is written or run."""
     target.check_platforms(platforms)
-    args = parse_pairs(build_args, "--build-arg")
+    args = options.build_args(build_args)
     if source is not None:
         if not target.source_arg:
             raise UserError(f"target {target.name} takes no --source")
@@ -124,7 +138,11 @@ def plan(
     if len(platforms) > 1 and not push:
         raise UserError("several --platform values need --push (a local image store holds one platform)")
     # The project's tags (tags.py), the same the images workflow pushes, unless the user names their own.
-    refs = tags or tuple(image_refs(target, settings, registry, release))
+    # Every value that reaches docker's command line is checked here, so that a dry run shows what a real build runs.
+    if registry is not None or not tags:
+        registry = options.registry(registry)
+    refs = options.image_references(tags or tuple(image_refs(target, settings, registry, release)), "--tag" if tags else "image reference")
+    ca = host_ca_bundle()
     return BuildPlan(
         target=target,
         settings=dict(settings),
@@ -136,6 +154,7 @@ def plan(
         push=push,
         no_cache=no_cache,
         extra_sources=dict(extra_sources or {}),
+        secrets={"ca": ca} if ca else {},
     )
 
 
@@ -148,11 +167,19 @@ def check_backend(build: BuildPlan, backend: Backend) -> None:
         raise UserError("building several platforms needs the docker buildx plugin")
 
 
+def fetched_sources(build: BuildPlan) -> list[Pin]:
+    """The pinned sources the build downloads and checks: those whose sha256 the Dockerfile holds, unless a local
+    `--source` replaces them."""
+    local = set(build.extra_sources) | ({build.target.folder.name} if build.source else set())
+    return [p for p in build.target.pins.values() if p.sha256 and p.sha256 in build.dockerfile and p.folder not in local]
+
+
 def dry_run(build: BuildPlan, backend: Backend) -> list[str]:
-    """What `--dry-run` prints: what the context holds, then the command."""
+    """What `--dry-run` prints: what the context holds, the sources the build fetches, then the command."""
     staged = ([f"{build.source} as source/"] if build.source else []) + [f"{p} as source-{n}/" for n, p in build.extra_sources.items()]
+    fetched = [f"# fetches {p.folder} {p.version}: {p.source_url} (sha256 {p.sha256}), its {p.source_tree}/" for p in fetched_sources(build)]
     return [f"# {CONTEXT}: {build.target.folder}, the rendered Dockerfile" + "".join(f", and {s}" for s in staged),
-            build.shell_line(backend)]
+            *fetched, build.shell_line(backend)]
 
 
 def _check_outside_sources(build: BuildPlan, into: Path) -> None:

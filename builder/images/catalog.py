@@ -49,20 +49,25 @@ class Published:
 
 @dataclass(frozen=True)
 class Pin:
-    """An image folder's pinned release: its version and, for an engine built from upstream source, the release
-    tarball's URL and sha256 (None until the bump workflow computed it). Every other file that names them is
-    generated from here (`builder sync`)."""
+    """An image folder's pinned release: its version and, for an engine built from upstream source, the archive's
+    URL, its sha256 and the source tree inside it, and the PyPI release `builder bump` follows. Every other file that
+    names them is generated from here (`builder sync`)."""
 
     folder: str
     version: str
     url: str | None = None
     sha256: str | None = None
-    upstream_repo: str | None = None
-    tag_pattern: str | None = None
+    tree: str | None = None
+    upstream: str | None = None  # the PyPI project whose sdist carries the source
+    release: str | None = None  # its pinned release
 
     @property
     def source_url(self) -> str | None:
         return self.url.replace("{version}", self.version) if self.url else None
+
+    @property
+    def source_tree(self) -> str | None:
+        return self.tree.replace("{version}", self.version) if self.tree else None
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,8 @@ def read_spec(spec_path: Path) -> dict[str, Any]:
 
 def _pin(folder: Path, spec: Mapping[str, Any]) -> Pin:
     source, upstream = spec.get("source") or {}, spec.get("upstream") or {}
-    return Pin(folder.name, str(spec["version"]), source.get("url"), source.get("sha256"), upstream.get("repo"), upstream.get("tag_pattern"))
+    return Pin(folder.name, str(spec["version"]), source.get("url"), source.get("sha256"), source.get("tree"),
+               upstream.get("pypi"), upstream.get("release"))
 
 
 def load_folder(folder: Path) -> list[Target]:

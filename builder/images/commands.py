@@ -1,5 +1,5 @@
-"""The image commands: list, render, stage, build, tags, sync, pin, upstreams, and the images workflow's steps
-(matrix, publish-gate, digests, check-index). Each parses, calls its domain module and prints."""
+"""The image commands: list, render, stage, build, tags, sync, pin, bump, and the images workflow's steps
+(matrix, publish-gate, digests, check-index, stack-images, check-pulls). Each parses, calls its domain module and prints."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from builder.core.errors import UserError
 from builder.core.paths import check_folder, repo_root
 from builder.images import (
     build,
+    bump,
     catalog,
     docker,
     listing,
     options,
     render,
+    stack_images,
     sync,
     tags,
     workflow,
@@ -37,7 +39,7 @@ def option_flags(f):
 
 
 def release_flag(f):
-    return click.option("--release", help="This project's release (v0.2.0): only its immutable tags (<version>-r1kit<release>; model-init: the release).")(f)
+    return click.option("--release", help="This project's release (v0.2.0): only its immutable tag, <versioned tag>-r1kit<release>.")(f)
 
 
 @click.command("list")
@@ -153,21 +155,24 @@ def sync_command(check: bool) -> None:
 @click.command("pin")
 @click.argument("engine")
 @click.argument("version")
-@click.option("--sha256", help="The sha256 of the release tarball (image.yaml source.url) at VERSION.")
-def pin_command(engine: str, version: str, sha256: str | None) -> None:
-    """Pin ENGINE (a folder under images/) to VERSION, then sync: what the bump workflow runs."""
+@click.option("--sha256", help="The sha256 of the folder's source archive (image.yaml source.url) at VERSION, computed from its bytes.")
+@click.option("--url", help="A new source archive URL ({version} stands for VERSION), e.g. a GitHub tarball.")
+@click.option("--tree", help="The source tree's path inside the new archive.")
+def pin_command(engine: str, version: str, sha256: str | None, url: str | None, tree: str | None) -> None:
+    """Pin ENGINE (a folder under images/) to VERSION by hand, then sync. `builder bump` does it from upstream."""
     root = repo_root()
-    for path in sync.pin_engine(root, engine, version, sha256):
+    for path in sync.pin_engine(root, engine, version, sha256, url, tree):
         click.echo(path.relative_to(root), err=True)
 
 
-@click.command()
-def upstreams() -> None:
-    """One line per engine that the bump workflow follows: FOLDER REPO TAG_PATTERN VERSION SHA256 URL_TEMPLATE
-    (SHA256 is `-` until computed)."""
-    for p in catalog.load().pins.values():
-        if p.upstream_repo:
-            click.echo(" ".join([p.folder, p.upstream_repo, p.tag_pattern or ".", p.version, p.sha256 or "-", p.url or "-"]))
+@click.command("bump")
+@click.option("--index", envvar="BUILDER_PYPI_URL", default=bump.DEFAULT_INDEX, show_default=True,
+              help="The Python package index to ask (its JSON API; $BUILDER_PYPI_URL).")
+def bump_command(index: str) -> None:
+    """Pin every engine with an `upstream:` to its newest release, hashed from the bytes fetched, then sync.
+    Prints one line per engine bumped (the bump workflow's pull request says them); nothing when all are current."""
+    for b in bump.bump(repo_root(), index):
+        click.echo(b.summary())
 
 
 @click.command()
@@ -214,4 +219,31 @@ def check_index(index: Path, platforms: str, digest_refs: tuple[str, ...], annot
     click.echo(f"{index}: {platforms}", err=True)
 
 
-COMMANDS = (list_targets, render_command, stage_command, build_command, tags_command, sync_command, pin_command, upstreams, matrix, publish_gate, digests, check_index)
+
+@click.command("stack-images")
+@click.option("--registry", help="The registry the stacks pull from, as R1KIT_REGISTRY says (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
+@click.option("--files", "with_files", is_flag=True, help="Add the stack files that name each image, after a tab.")
+def stack_images_command(registry: str | None, with_files: bool) -> None:
+    """Print every image of ours that a stack pulls by default (stacks/, stacks/shared/, stacks/.env.example), one a line."""
+    for image in stack_images.stack_images(repo_root(), registry):
+        click.echo(f"{image.ref}\t{','.join(image.files)}" if with_files else image.ref)
+
+
+@click.command("check-pulls")
+@click.argument("answers", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--registry", help="The registry the answers are from (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
+@click.option("--owner-type", type=click.Choice(["User", "Organization"]), default="User", show_default=True,
+              help="The registry owner's GitHub account type: where its package settings are.")
+def check_pulls(answers: Path, registry: str | None, owner_type: str) -> None:
+    """Check the registry's answers to anonymous pulls of every stack default (ANSWERS: REF<TAB>STATUS<TAB>OUTPUT
+    lines): one error line per image a user cannot pull, and exit 1."""
+    images = stack_images.stack_images(repo_root(), registry)
+    found = stack_images.problems(images, stack_images.read_answers(answers), owner_type)
+    for problem in found:
+        error_line(problem)
+    if found:
+        sys.exit(1)
+    click.echo(f"all {len(images)} stack default images pull anonymously", err=True)
+
+
+COMMANDS = (list_targets, render_command, stage_command, build_command, tags_command, sync_command, pin_command, bump_command, matrix, publish_gate, digests, check_index, stack_images_command, check_pulls)

@@ -15,7 +15,7 @@ def describe(target: Target) -> dict[str, Any]:
         "platforms": list(target.platforms),
         "version": target.version,
         "engine": target.engine,
-        "source": {"url": target.pin.source_url, "sha256": target.pin.sha256} if target.pin.url else None,
+        "source": {"url": target.pin.source_url, "sha256": target.pin.sha256, "tree": target.pin.source_tree} if target.pin.url else None,
         "folder": str(target.folder.relative_to(target.folder.parent.parent)),
         "options": {o.name: {"default": o.default, "choices": list(o.choices), "help": o.help} for o in target.options.values()},
         "variants": [

@@ -11,7 +11,8 @@ from builder.images.catalog import Target
 
 
 def _environment(target: Target) -> jinja2.Environment:
-    return environment(jinja2.FileSystemLoader(target.folder))
+    # The folder's own template, and the other image folders' (model-init imports llamacpp/source.j2).
+    return environment(jinja2.FileSystemLoader([target.folder, target.folder.parent]))
 
 
 def context(target: Target, settings: Mapping[str, str]) -> dict[str, Any]:

@@ -7,27 +7,33 @@ their published variants. From it come:
 - the default image references in stacks/*.yml and stacks/.env.example: every `${R1KIT_REGISTRY...}/<target>:<tag>`
   whose <target> is in the catalog gets the target's versioned tag. Only the tag after the colon is rewritten; the
   rest of those hand-written files is never touched;
-- the README's table of published tags, between the two SYNC_BEGIN/SYNC_END marker lines, and its quotes of the
-  stacks' default references (the same rule).
+- the README's table of published tags, between the two SYNC_BEGIN/SYNC_END marker lines, its quotes of the
+  stacks' default references (the same rule), and its examples' references to the default registry
+  (`ghcr.io/r1kit/<target>:<tag>` in `docker run`, `docker pull`, cosign and attestation commands): a versioned tag
+  of a published variant, with or without a release's suffix, gets that variant's versioned tag now; an alias,
+  `latest` and a commit's tag are left as they are.
 `builder sync --check` reports what differs and writes nothing (a unit test and the bump workflow run it), as
 docker-library's apply-templates.sh and its verify job do.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write
-from builder.images.catalog import ImageCatalog, Target, load, read_spec
+from builder.images.catalog import ImageCatalog, Pin, Target, load, read_spec
 from builder.images.render import image_tag, render
-from builder.images.tags import DEFAULT_REGISTRY, tags, variants
+from builder.images.tags import DEFAULT_REGISTRY, DEFAULT_VARIANT, tags, variants
 
-# `${R1KIT_REGISTRY:-ghcr.io/r1kit}/llamacpp-cuda:b10864-cu12` (stacks) and `${R1KIT_REGISTRY}/llamacpp-cpu:b10864`
+# `${R1KIT_REGISTRY:-ghcr.io/r1kit}/llamacpp-cuda:<version>-cu12` (stacks) and `${R1KIT_REGISTRY}/llamacpp-cpu:<version>`
 # (.env.example): the target, and the tag that sync owns.
 REFERENCE = re.compile(r"(?P<head>\$\{R1KIT_REGISTRY(?::-[^}]*)?\}/(?P<target>[a-z0-9][a-z0-9-]*):)(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*)")
+# `ghcr.io/r1kit/llamacpp-cuda:<version>-cu12` as the README's commands quote it.
+QUOTED = re.compile(rf"(?P<head>\b{re.escape(DEFAULT_REGISTRY)}/(?P<target>[a-z0-9][a-z0-9-]*):)(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*)")
 SYNC_BEGIN = "<!-- builder sync: published tags, generated from images/*/image.yaml; edit those and run `builder sync` -->"
 SYNC_END = "<!-- end of builder sync: published tags -->"
 
@@ -59,6 +65,30 @@ def rewrite_references(text: str, catalog: ImageCatalog) -> str:
     return REFERENCE.sub(tagged, text)
 
 
+def current_tag(target: Target, tag: str) -> str:
+    """`tag` as the catalog makes it now: a published variant's versioned tag (`<any version>-cu12`, a release's
+    `...-r1kitX.Y.Z` too) at today's version; an alias, `latest`, a commit's tag or a tag of no variant as it is."""
+    published = variants(target)
+    if tag == "latest" or tag.startswith("sha-") or tag in {v.name for v in published}:
+        return tag
+    versioned, suffix, release = tag.partition("-r1kit")
+    endings = {("" if v.name == DEFAULT_VARIANT else f"-{v.name}"): v for v in published}
+    for ending in sorted(endings, key=len, reverse=True):  # -cu12-blis before -blis, the default's "" last
+        if versioned.endswith(ending) and len(versioned) > len(ending):
+            return image_tag(target, endings[ending].settings) + suffix + release
+    return tag
+
+
+def rewrite_quotes(text: str, catalog: ImageCatalog) -> str:
+    """Every quoted `ghcr.io/r1kit/<target>:<tag>` of a catalog target, with the tag as the catalog makes it now."""
+
+    def tagged(match: re.Match[str]) -> str:
+        target = catalog.targets.get(match.group("target"))
+        return match.group("head") + (current_tag(target, match.group("tag")) if target else match.group("tag"))
+
+    return QUOTED.sub(tagged, text)
+
+
 def tag_table(catalog: ImageCatalog) -> str:
     rows = ["| image | tags | options | platforms |", "| --- | --- | --- | --- |"]
     for target in catalog.targets.values():
@@ -80,6 +110,12 @@ def rewrite_readme(text: str, catalog: ImageCatalog) -> str:
     return text[:start] + tag_table(catalog) + text[end:]
 
 
+def stack_files(root: Path) -> list[Path]:
+    """Every file that names the stacks' default images: stacks/*.yml, stacks/shared/*.yml, stacks/.env.example."""
+    stacks = root / "stacks"
+    return [p for p in [*sorted(stacks.rglob("*.yml")), stacks / ".env.example"] if p.is_file()]
+
+
 def expected(root: Path, catalog: ImageCatalog) -> list[Generated]:
     """Everything sync owns, as it should be. Computed in full before anything is written."""
     out = [Generated(t.folder / f"{t.name}.Dockerfile", committed_render(t)) for t in catalog.targets.values()]
@@ -88,14 +124,13 @@ def expected(root: Path, catalog: ImageCatalog) -> list[Generated]:
     for path in sorted((root / "images").glob("*/*.Dockerfile")):
         if path not in names and path.read_text().startswith("# Generated by `builder sync`"):
             out.append(Generated(path, None))
-    stacks = root / "stacks"
-    for path in [*sorted(stacks.rglob("*.yml")), stacks / ".env.example"]:
-        if path.is_file():
-            out.append(Generated(path, rewrite_references(path.read_text(), catalog)))
+    for path in stack_files(root):
+        out.append(Generated(path, rewrite_references(path.read_text(), catalog)))
     readme = root / "README.md"
     if readme.is_file():
         # The README's default references (the stacks' defaults, quoted) follow the same rule.
-        out.append(Generated(readme, rewrite_readme(rewrite_references(readme.read_text(), catalog), catalog)))
+        text = rewrite_quotes(rewrite_references(readme.read_text(), catalog), catalog)
+        out.append(Generated(readme, rewrite_readme(text, catalog)))
     return out
 
 
@@ -121,41 +156,50 @@ def write(root: Path, catalog: ImageCatalog) -> list[Path]:
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def pin(folder: Path, version: str, sha256: str | None) -> None:
-    """Set an engine folder's `version:` and `source.sha256:` in its image.yaml, keeping every other line (and its
-    comments) as it is. The caller reloads the catalog (which checks the result) and syncs."""
+def _set(lines: list[str], block: str | None, key: str, value: str, spec: Path) -> None:
+    """Replace `key:`'s value at the top level (block None) or in the top-level `block:`, keeping its comments."""
+    start = 0
+    if block is not None:
+        start = next((i + 1 for i, line in enumerate(lines) if line.rstrip() == f"{block}:"), None)
+        if start is None:
+            raise UserError(f"{spec} has no `{block}:` block to pin {key} in")
+    for i in range(start, len(lines)):
+        if block is not None and lines[i][:1] not in (" ", "\n", "#"):
+            break
+        match = re.match(rf"^(\s*){key}:", lines[i])
+        if match and (block is None) == (match.group(1) == ""):
+            lines[i] = f"{match.group(1)}{key}: {json.dumps(value)}\n"  # quoted: a commit such as 1234567 stays a string
+            return
+    raise UserError(f"{spec}: no `{key}:` line{f' in `{block}:`' if block else ''} to pin")
+
+
+def pin(folder: Path, new: Pin) -> None:
+    """Write a folder's pin into its image.yaml (`version:`, and where given the source's url, sha256 and tree and
+    the upstream release), keeping every other line and comment as it is. The caller syncs."""
     spec = folder / "image.yaml"
     if not spec.is_file():
         raise UserError(f"no image folder {folder.name!r}: {spec} does not exist")
-    if sha256 is not None and not SHA256.match(sha256):
-        raise UserError(f"--sha256 must be 64 lower-case hex digits, not {sha256[:80]!r}")
+    if new.sha256 is not None and not SHA256.match(new.sha256):
+        raise UserError(f"--sha256 must be 64 lower-case hex digits, not {new.sha256[:80]!r}")
     lines = spec.read_text().splitlines(keepends=True)
-    versions = [i for i, line in enumerate(lines) if re.match(r"^version:", line)]
-    if len(versions) != 1:
-        raise UserError(f"{spec}: expected one top-level `version:` line")
-    lines[versions[0]] = f"version: {version}\n"
-    if sha256 is not None:
-        # The `sha256:` line of the top-level `source:` block (indented, before the next top-level key).
-        start = next((i for i, line in enumerate(lines) if line.rstrip() == "source:"), None)
-        if start is None:
-            raise UserError(f"{spec} has no `source:` block to pin a sha256 in")
-        for i in range(start + 1, len(lines)):
-            if lines[i][:1] not in (" ", "\n", "#"):
-                raise UserError(f"{spec}: `source:` has no sha256 line")
-            if re.match(r"^\s+sha256:", lines[i]):
-                indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-                lines[i] = f"{indent}sha256: {sha256}\n"
-                break
-    atomic_write(spec, "".join(lines), check=read_spec)  # a version the schema refuses never replaces the file
+    _set(lines, None, "version", new.version, spec)
+    for key in ("url", "sha256", "tree"):
+        if getattr(new, key) is not None:
+            _set(lines, "source", key, getattr(new, key), spec)
+    if new.release is not None:
+        _set(lines, "upstream", "release", new.release, spec)
+    atomic_write(spec, "".join(lines), check=read_spec)  # a pin the schema refuses never replaces the file
 
 
-def pin_engine(root: Path, engine: str, version: str, sha256: str | None) -> list[Path]:
-    """`builder pin`: ENGINE (a folder under images/) at VERSION, with the tarball's sha256 where the folder builds
-    from a release tarball, then everything derived from it; the files written."""
+def pin_engine(root: Path, engine: str, version: str, sha256: str | None, url: str | None = None, tree: str | None = None) -> list[Path]:
+    """`builder pin`: ENGINE (a folder under images/) at VERSION, with its source archive's sha256 (and, to change
+    them, its URL and tree) where the folder builds from one, then everything derived from it; the files written."""
     before = load(root / "images")
     if engine not in before.pins:
         raise UserError(f"no image folder {shown(engine)}: choose one of {', '.join(sorted(before.pins))}")
     if before.pins[engine].url and sha256 is None:
-        raise UserError(f"{engine} builds from {before.pins[engine].url}: give that tarball's --sha256 at {version}")
-    pin(root / "images" / engine, version, sha256)
+        raise UserError(f"{engine} builds from a source archive ({before.pins[engine].source_url}): give its --sha256 at {version}")
+    if not before.pins[engine].url and (sha256 or url or tree):
+        raise UserError(f"{engine} builds from no source archive: pin its version alone")
+    pin(root / "images" / engine, Pin(engine, version, url, sha256, tree))
     return write(root, load(root / "images"))

@@ -1,15 +1,16 @@
 """Image references: one scheme for `builder build`, the images workflow and the stacks.
 
-<registry>/<target>:<tag>. Each variant (a combination of a target's options) gets:
-- its versioned tag, from the target's `tag` template in image.yaml: <engine version>[-<variant>], for example
-  b10864-cu12-blis. It moves only when the image is rebuilt (the weekly rebuild picks up base-image fixes);
-- a moving alias without the engine version, the variant alone (cu12-blis), where the variant has a name;
+<registry>/<target>:<tag>. Each variant (a combination of a target's options) gets, from every publishing run of main:
+- its versioned tag, from the target's `tag` template in image.yaml: <version>[-<variant>], for example
+  <version>-cu12-blis, where <version> is the engine's pin, or for an image of this project's own code (model-init:
+  no `engine:`) r1kit's version (pyproject.toml). It moves only when the image is rebuilt (the weekly rebuild picks
+  up base-image fixes). The stacks name it, so the first publishing run of main writes every tag they need;
+- a moving alias without the version, the variant alone (cu12-blis), where the variant has a name;
 - `latest`, for the target's default variant only;
 - with a commit (`--sha`: pushes to main), sha-<12 hex of the commit>[-<variant>], which no later build reuses.
-A release of this project (git tag vX.Y.Z) publishes only tags that no other run writes: <versioned tag>-r1kit<X.Y.Z>
-for an engine's image, and X.Y.Z itself for an image of this project's own code (model-init: no `engine:`, its
-version is r1kit's). Such an image's versioned tag is that release tag, never written from main, so the stacks can
-pin it; a release run moves nothing (no alias, no `latest`): a release of an older commit never moves them back.
+A release of this project (git tag vX.Y.Z) writes, for every image alike, only <versioned tag>-r1kit<X.Y.Z>, which no
+other run writes: it moves nothing (no alias, no `latest`), so a release of an older commit never moves them back.
+A release whose X.Y.Z differs from model-init's version (r1kit's) is refused: bump pyproject.toml first.
 $BUILDER_REGISTRY overrides the registry (default ghcr.io/r1kit).
 """
 
@@ -47,7 +48,7 @@ def release_version(value: str | None) -> str | None:
 
 
 def variant_name(target: Target, settings: Mapping[str, str]) -> str:
-    """The versioned tag without the engine version (b10864-cu12-blis: cu12-blis), or 'default' where nothing is left."""
+    """The versioned tag without the version (<version>-cu12-blis: cu12-blis), or 'default' where nothing is left."""
     tag = image_tag(target, settings)
     if not tag.startswith(target.version):
         raise UserError(f"target {target.name}: its tag template must start with the engine version ({tag!r} does not)")
@@ -55,8 +56,8 @@ def variant_name(target: Target, settings: Mapping[str, str]) -> str:
 
 
 def is_project_versioned(target: Target) -> bool:
-    """An image of this project's own code (model-init): no engine, so its version is r1kit's release."""
-    return target.engine is None and target.pin.upstream_repo is None
+    """An image of this project's own code (model-init): no engine, so its version is r1kit's (pyproject.toml)."""
+    return target.engine is None and target.pin.upstream is None
 
 
 def commit(value: str | None) -> str | None:
@@ -68,7 +69,7 @@ def commit(value: str | None) -> str | None:
 
 
 def tags(target: Target, settings: Mapping[str, str], release: str | None = None, sha: str | None = None) -> list[str]:
-    """Every tag a run writes for this variant: a release's immutable tags only; else the moving ones (the
+    """Every tag a run writes for this variant: a release's immutable tag only; else the moving ones (the
     versioned one first), and the commit's own tag where a commit is given."""
     versioned = image_tag(target, settings)
     name = variant_name(target, settings)
@@ -76,16 +77,13 @@ def tags(target: Target, settings: Mapping[str, str], release: str | None = None
     if version:
         if sha:
             raise UserError("a release publishes no per-commit tag: give --release or --sha, not both")
-        if not is_project_versioned(target):
-            return [f"{versioned}-r1kit{version}"]
-        if target.version != version:
+        if is_project_versioned(target) and target.version != version:
             raise UserError(
                 f"release {shown(release)} but {target.name}'s version is {target.version} (pyproject.toml and "
                 f"{target.folder.name}/image.yaml): bump it before tagging the release"
             )
-        return [versioned]
-    # An image of this project's code gets its versioned tag from a release only (see the module's docstring).
-    out = [] if is_project_versioned(target) else [versioned]
+        return [f"{versioned}-r1kit{version}"]
+    out = [versioned]
     if name != DEFAULT_VARIANT:
         out.append(name)
     if target.resolve(settings) == target.resolve({}):

@@ -7,6 +7,8 @@
   jobs pass between them (artifacts, their download patterns) and every tag is decided here and in tags.py.
 - `builder digests`: the merge's digest files, checked against the variant's platforms, as image references.
 - `builder check-index`: the pushed index (`imagetools inspect --raw`) holds exactly the variant's platforms.
+- `builder stack-images`, `builder check-pulls` (stack_images.py): after main publishes, every image a stack names by
+  default can be pulled without a login.
 The workflow only passes these values on.
 """
 
@@ -168,7 +170,7 @@ def digest_refs(folder: Path, image: str, platforms: tuple[str, ...]) -> list[st
         found[platform] = path.name
     if len(files) != len(platforms) or set(found) != set(platforms):
         raise UserError(
-            f"{len(files)} digests for {len(platforms)} platforms: expected {', '.join(platforms)}, "
+            f"{image}: {len(files)} digests for {len(platforms)} platforms: expected {', '.join(platforms)}, "
             f"got {', '.join(sorted(found)) or 'none'} (a build failed, or an artifact of another variant crossed in)"
         )
     return [f"{image}@sha256:{found[p]}" for p in platforms]

@@ -10,12 +10,15 @@ errors, headers, token) and the HTTP session are still huggingface_hub's.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from contextlib import contextmanager, nullcontext
@@ -39,6 +42,7 @@ from huggingface_hub.utils import build_hf_headers
 from builder.core.errors import UserError, raise_stopped, shown
 from builder.core.paths import atomic_write
 from builder.core.progress import DownloadProgress, human
+from builder.core.values import unsafe_character
 from builder.models import transfer
 from builder.models.catalog import SHARD, Selection, describe_files
 
@@ -52,6 +56,13 @@ SIZE_MAX = 2**60  # an exbibyte: anything larger is a typo
 DEFAULT_TOKEN_PATH = Path("/run/secrets/hf_token")  # where compose mounts a `secrets: [hf_token]`
 TOKEN_HINT = "set HF_TOKEN, or HF_TOKEN_PATH to a file holding it (a compose secret), and accept the model's terms on its Hub page"
 STATE_DIR = ".r1kit"
+LOCK_NAME = "download.lock"  # in DEST/.r1kit: one run at a time writes a DEST's partial files and records
+NAME_MAX = 255  # bytes in one file name: ext4, xfs, btrfs, overlayfs, tmpfs, NFS (os.pathconf says where it can)
+PATH_MAX = 4096  # bytes in a path the kernel accepts
+# A partial file's name, with room for what is added to it: its control record's suffix, and around that
+# atomic_write's temp name (".NAME.XXXXXXXX.tmp"), all within NAME_MAX.
+PARTIAL_NAME_MAX = NAME_MAX - len(transfer.RECORD_SUFFIX) - len("..XXXXXXXX.tmp")
+DIGEST = 16  # hex digits of sha256 that tell apart long names cut to the same prefix
 CHUNK = 1024 * 1024
 MERGE_TOOL = "llama-gguf-split"
 # Parallel ranged fetches (builder/transfer.py). Both defaults come from the benchmark in docs/PERFORMANCE.md.
@@ -171,8 +182,20 @@ def _state_path(dest: Path, selection: Selection) -> Path:
 
 def _partial_path(dest: Path, f: RemoteFile) -> Path:
     # Keyed by content (sha256, else size) so that a changed upstream file never resumes from stale bytes.
-    tag = (f.sha256 or f"size{f.size}")[:16]
-    return dest / STATE_DIR / "partial" / f"{f.path.replace('/', '__')}.{tag}.part"
+    return dest / STATE_DIR / "partial" / partial_name(f.path, (f.sha256 or f"size{f.size}")[:16])
+
+
+def partial_name(path: str, tag: str) -> str:
+    """The partial file's name for a listed path: the path flattened (`/` as `__`), as it always was where that fits
+    PARTIAL_NAME_MAX bytes (so earlier runs' partial files still resume). A longer one keeps a readable prefix, cut
+    on a UTF-8 character's boundary, and a digest of the whole path: the same name on every run, so resume finds it."""
+    suffix = f".{tag}.part"
+    flat = path.replace("/", "__")
+    if len(flat.encode()) + len(suffix.encode()) <= PARTIAL_NAME_MAX:
+        return flat + suffix
+    digest = "~" + hashlib.sha256(path.encode()).hexdigest()[:DIGEST]
+    room = PARTIAL_NAME_MAX - len(suffix.encode()) - len(digest)
+    return flat.encode()[:room].decode(errors="ignore") + digest + suffix
 
 
 def clean_leftovers(dest: Path, selection: Selection) -> None:
@@ -208,9 +231,127 @@ def done(selection: Selection, dest: Path) -> Path | None:
         for path, record in state["files"].items():
             if _stat_key(target_in(dest, path)) != record["stat"]:
                 return None
-        return target_in(dest, state["engine_path"])
-    except UserError:  # a marker edited by hand: take the slow path, which checks the listing again
+        # "." is DEST itself, what a safetensors engine loads (target_in refuses it as a listed path).
+        return dest if state["engine_path"] == "." else target_in(dest, state["engine_path"])
+    except (UserError, KeyError, TypeError, AttributeError):  # a marker edited by hand: take the slow path, which checks the listing again
         return None
+
+
+# --- one run per DEST ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DestLock:
+    """DEST's download lock, held: the lock file's descriptor, and the topmost folder taking it created (DEST, or its
+    state folder), removed again where a refused run leaves it empty."""
+
+    fd: int
+    created: Path | None
+
+
+@contextmanager
+def locked(dest: Path, note: Callable[[str], None]) -> Iterator[None]:
+    """Hold DEST's download lock (flock on DEST/.r1kit/download.lock) while a run cleans, fetches, records and merges.
+    Two runs into one DEST used to write the same partial files: one moved a file into place and the other failed
+    on it ("No such file or directory"), and left a parts record no later run removed. A second run waits rather
+    than refusing: in a compose stack two services' model-init (or a user's second terminal) want the same model,
+    and after the wait the finished marker makes the second run instant; where the first died, the second resumes
+    its partial files. The kernel drops the lock of a killed run, so it never goes stale. Ctrl-C and SIGTERM stop
+    the wait like any other step. Where DEST cannot be written (a read-only volume), no lock is taken: this run
+    writes nothing there either, and answers only for a download already finished."""
+    held = _acquire(dest, note)
+    try:
+        yield
+    finally:
+        if held is not None:
+            _release(dest, held)
+
+
+def _lock_path(dest: Path) -> Path:
+    return dest / STATE_DIR / LOCK_NAME
+
+
+def _acquire(dest: Path, note: Callable[[str], None]) -> DestLock | None:
+    path = _lock_path(dest)
+    waited = False
+    while True:
+        held = _open_lock(path)
+        if held is None:
+            return None
+        try:
+            try:
+                fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    note(f"another builder download into {dest} is running{_holder(held.fd)}: waiting for it to finish")
+                    waited = True
+                fcntl.flock(held.fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(held.fd)
+            raise
+        if _still_there(held.fd, path):
+            break
+        os.close(held.fd)  # the run we waited for removed this lock file as it finished: lock the one there now
+    if waited:
+        note(f"the other download into {dest} is over: going on")
+    os.ftruncate(held.fd, 0)
+    os.pwrite(held.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)  # for a waiting run's message
+    return held
+
+
+def _open_lock(path: Path) -> DestLock | None:
+    """The lock file, opened (created with its folders); None where DEST is not writable by this user."""
+    while True:
+        created = None
+        probe = path.parent
+        while not probe.exists() and probe != probe.parent:
+            created, probe = probe, probe.parent
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return DestLock(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), created)
+        except FileNotFoundError:
+            continue  # the holder removed the empty folders between our mkdir and open: make them again
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
+            raise UserError(f"--dest {path.parent.parent}: cannot take the download lock {path} ({e.strerror})") from None
+
+
+def _holder(fd: int) -> str:
+    """` (pid N on HOST)`, as the holder wrote it; nothing where it has not yet, or the file holds something else."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f" ({text})" if text.startswith("pid ") and unsafe_character(text) is None else ""
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether the file locked is still the one at `path`, not one its holder removed before letting go."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _release(dest: Path, held: DestLock) -> None:
+    """Remove the lock file while still holding it (a waiting run then sees it gone and locks a new one), and the
+    folders taking the lock created where they are left empty (a refused run leaves nothing), then let go."""
+    path = _lock_path(dest)
+    try:
+        path.unlink(missing_ok=True)
+        folder = path.parent
+        top = held.created or folder
+        while folder.is_relative_to(top):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: this DEST's records and partial files, or the user's files
+            folder = folder.parent
+    finally:
+        os.close(held.fd)
 
 
 # --- preflight -----------------------------------------------------------------------------------------------------
@@ -241,7 +382,33 @@ def _engine_path(selection: Selection, files: list[RemoteFile], dest: Path, fmt:
 
 def _listing(api: HfApi, selection: Selection, commit: str) -> list[RemoteFile]:
     entries = api.list_repo_tree(selection.repo, revision=commit, recursive=True)
-    return [RemoteFile(e.path, e.lfs.size if e.lfs else e.size, e.lfs.sha256 if e.lfs else None) for e in entries if isinstance(e, RepoFile)]
+    files = [RemoteFile(e.path, e.lfs.size if e.lfs else e.size, e.lfs.sha256 if e.lfs else None) for e in entries if isinstance(e, RepoFile)]
+    for f in files:
+        _check_listed(selection, "a file named", f.path)
+    return files
+
+
+def _check_listed(selection: Selection, what: str, value: str) -> None:
+    """Every name the Hub (or whatever HF_ENDPOINT names) lists ends up in log lines, error lines and file names: a
+    line break or another control character in one could forge a line ("done: ..."), so the whole listing is
+    refused, selected files or not, before anything is written. The Hub allows no such name."""
+    ch = unsafe_character(value)
+    if ch is not None:
+        raise UserError(f"{selection.repo} lists {what} {shown(value, 200)} holding the control character {ch!r}: refusing to download from it (the Hub allows no such name; check the repo and HF_ENDPOINT)")
+
+
+def _check_name_lengths(selection: Selection, dest: Path, f: RemoteFile) -> None:
+    """A listed path this file system cannot hold (a name over NAME_MAX bytes, a path over PATH_MAX) is refused in
+    the preflight, in one line, rather than failing after a download with a promise to resume that never comes."""
+    try:
+        name_max = os.pathconf(_nearest(dest), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = NAME_MAX
+    for part in f.path.split("/"):
+        if len(part.encode()) > name_max:
+            raise UserError(f"{selection.repo} lists {shown(f.path, 200)}, whose name {shown(part, 60)} is {len(part.encode())} bytes: the file system of {dest} holds names of {name_max} bytes at most")
+    if len(str(dest / f.path).encode()) >= PATH_MAX:
+        raise UserError(f"{selection.repo} lists {shown(f.path, 200)}: under {dest} its path is longer than the {PATH_MAX} bytes a path may have; choose a shorter --dest")
 
 
 def _free_space(dest: Path) -> int:
@@ -305,6 +472,7 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
         if info.gated and not token:
             raise UserError(f"{selection.repo} is gated and no token is set: {TOKEN_HINT}")
         commit = info.sha or selection.revision
+        _check_listed(selection, "the commit", commit or "")
         listing = _listing(api, selection, commit)
         files = sorted((f for f in listing if selection.matches(f.path)), key=lambda f: f.path)
         if not files:
@@ -316,6 +484,7 @@ def plan(selection: Selection, dest: Path, token: str | None, *, merge: Path | N
             get_hf_file_metadata(hf_hub_url(selection.repo, files[0].path, revision=commit, endpoint=endpoint()), token=token)
     for f in files:  # every path this run would write, before it writes any
         target_in(dest, f.path)
+        _check_name_lengths(selection, dest, f)
     fmt = selection.model.format if selection.model else ("gguf" if all(f.path.endswith(".gguf") for f in files) else "safetensors")
     engine = _engine_path(selection, files, dest, fmt)
     verified = _read_state(_state_path(dest, selection)).get("files", {})

@@ -58,18 +58,25 @@ def run(o: Request) -> Outcome:
         raise UserError(f"--part-size {human(o.part_size)} is too small: give 1M or more (each part costs a request)")
     progress = DownloadProgress()
     dest = dest.resolve()
-    if not o.dry_run:
-        download.clean_leftovers(dest, selection)
-    engine = None if (o.verify or o.dry_run) else download.done(selection, dest)
+    if o.dry_run:  # writes nothing, so it takes no lock and never waits for a run in progress
+        plan = download.plan(selection, dest, download.read_token(), merge=merge, force=o.force, min_free=o.min_free)
+        return Outcome(tuple(download.describe(plan)))
+    with download.locked(dest, progress.note):  # a second run into DEST waits here for the first
+        return fetch_and_finish(o, selection, dest, progress, gpu_layers)
+
+
+def fetch_and_finish(o: Request, selection: catalog.Selection, dest: Path, progress: DownloadProgress, gpu_layers: int | None) -> Outcome:
+    """The run itself, under DEST's lock: leftovers cleaned, the download (or the finished one found), then the
+    merge, Modelfile and path file."""
+    merge, modelfile_path = o.merge, o.modelfile
+    download.clean_leftovers(dest, selection)
+    engine = None if o.verify else download.done(selection, dest)
     if engine is not None:
         progress.note(f"{selection.label}: already downloaded and verified in {dest}")
     else:
-        if not o.dry_run:
-            check_folder(dest, "--dest")
+        check_folder(dest, "--dest")
         token = download.read_token()
         plan = download.plan(selection, dest, token, merge=merge, force=o.force, min_free=o.min_free)
-        if o.dry_run:
-            return Outcome(tuple(download.describe(plan)))
         if modelfile_path:  # checked before a byte is fetched
             check_modelfile_source(plan.format == "gguf", len(plan.gguf_files) > 1, merge)
         for line in download.describe(plan):

@@ -61,8 +61,11 @@ def layout(size: int, part_size: int) -> tuple[Part, ...]:
     return tuple(Part(s, min(s + part_size, size)) for s in range(0, size, part_size))
 
 
+RECORD_SUFFIX = ".parts"  # a partial file's control record: its name plus this (download.py keeps room for it)
+
+
 def record_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".parts")
+    return partial.with_name(partial.name + RECORD_SUFFIX)
 
 
 def progress_of(partial: Path, size: int, part_size: int) -> tuple[tuple[Part, ...], list[int]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import click
 
+from builder.core.errors import shown
+from builder.core.paths import output_file
 from builder.models import catalog
 from builder.plan import envfile, hardware, planner
 
@@ -29,15 +31,25 @@ from builder.plan import envfile, hardware, planner
 def plan_command(model: str | None, engine: str | None, context: int | None, as_json: bool, write: Path | None, dest: Path, **machine: Any) -> None:
     """The best model, engine and settings for this machine (or one the flags describe). MODEL is a catalog name
     or a downloaded .gguf (its header gives the exact sizes); without it, the best DeepSeek-R1 variant that fits."""
+    target = output_file(write, "--write", overwrite=True) if write is not None else None  # refused before any work
     box = hardware.describe(**machine, models_dir=dest)
     chosen, passed = planner.choose(catalog.load(), box, model, engine, context)
     click.echo(json.dumps({**chosen.as_json(), "passed_over": passed}, indent=2) if as_json else planner.report(chosen, box, passed))
-    if write is not None:
-        changes = envfile.update(write, chosen.settings)
-        for key, old, new in changes:
-            click.echo(f"{write}: {key}={new}" + (f" (was {old!r})" if old is not None else " (added)"), err=True)
-        if not changes:
-            click.echo(f"{write}: already up to date", err=True)
+    if write is not None and target is not None:
+        write_settings(write, target, chosen.settings)
+
+
+def write_settings(write: Path, target: Path, settings: Mapping[str, str]) -> None:
+    """The plan's settings into the .env file, each change said on stderr; a link's target is written and the link
+    kept, and that is said too (the user named the link, the file that changes is another)."""
+    if write.is_symlink():
+        click.echo(f"{write} is a link: writing its target {target}", err=True)
+    changes = envfile.update(target, settings)
+    for change in changes:
+        was = f" (was {shown(change.old)})" if change.old is not None else " (added)"
+        click.echo(f"{write}: {change.key}={change.new}{was}", err=True)
+    if not changes:
+        click.echo(f"{write}: already up to date", err=True)
 
 
 COMMANDS = (plan_command,)

@@ -271,7 +271,7 @@ def _fingerprint() -> str:
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     dists = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions(path=site) if d.metadata["Name"]})
     h.update("\n".join(dists).encode())
-    for name in ("cluster.py", "preflight.py", "entrypoint.sh"):
+    for name in ("cluster.py", "preflight.py", "entrypoint.sh", "python/r1kit_keyguard.py"):
         script = HOME / name
         if script.is_file():
             h.update(script.read_bytes())

@@ -5,6 +5,8 @@
 #
 # The API key: where VLLM_API_KEY_FILE names a file, its first line becomes VLLM_API_KEY, which vLLM reads as its
 # --api-key; the key never appears on a command line (`ps`), in `docker inspect` or in compose's output.
+# vLLM itself checks that key on /v1, /v2, /inference and /cohere only: with a key set, vLLM also loads
+# r1kit_keyguard.py (its --middleware option), which asks for it on every route but GET/HEAD /health.
 # Any other vllm command: `docker run --entrypoint vllm IMAGE --version`.
 set -eu
 
@@ -23,4 +25,8 @@ fi
 
 # R1KIT_HOME: the scripts' folder (the image sets it; a bare-metal install of the same layout may put it elsewhere).
 python3 "${R1KIT_HOME:-/opt/r1kit}/preflight.py" "$@"
+if [ -n "${VLLM_API_KEY:-}" ]; then
+    export PYTHONPATH="${R1KIT_HOME:-/opt/r1kit}/python${PYTHONPATH:+:$PYTHONPATH}"
+    exec vllm serve "$@" --middleware r1kit_keyguard.KeyOnEveryRoute
+fi
 exec vllm serve "$@"

@@ -6,12 +6,10 @@
 #   BASE_IMAGE     debian:bookworm-slim (Python 3.11, which vLLM 0.33.0 supports). torch's CUDA libraries come
 #                  as pip packages, so no CUDA base image is needed at run time.
 #   VLLM_VERSION, RAY_VERSION   the pinned releases (Ray: one version on every node of a multi-node cluster)
-#   PIP_CA         none | local (source-ca/ca-certificates.crt: the CA bundle pip trusts during the build only)
 
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG VLLM_VERSION=0.33.0
 ARG RAY_VERSION=2.60.0
-ARG PIP_CA=none
 
 FROM ${BASE_IMAGE} AS python
 ARG DEBIAN_FRONTEND=noninteractive
@@ -23,26 +21,15 @@ RUN --mount=type=cache,id=apt-cache-vllm,target=/var/cache/apt,sharing=locked \
     && apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev python3 python3-dev python3-venv
 
-# The CA bundle pip trusts: nothing (the system's), or source-ca/ (`builder build vllm --source ca=DIR`). Only
-# bind-mounted into the steps that run pip: no layer of the image keeps it.
-FROM python AS ca-none
-RUN mkdir -p /ca
-
-FROM python AS ca-local
-COPY source-ca/ /ca/
-
-# BuildKit builds only the stage that PIP_CA names.
-FROM ca-${PIP_CA} AS ca
-
 # Ray and the cluster launcher, without vLLM: the base of the runtime image, and on its own the small image the tests
 # run a real multi-node Ray cluster of (`docker build --target ray`; vLLM's 9 GB are not needed to join nodes). One
 # venv: vLLM goes into the same /opt/vllm below. `ray[cgraph]`: vLLM no longer depends on Ray; multi-node needs it,
 # at one version on every node.
 FROM python AS ray-base
 ARG RAY_VERSION
-RUN --mount=type=bind,from=ca,source=/ca,target=/tmp/ca \
+RUN --mount=type=secret,id=ca,required=false \
     python3 -m venv /opt/vllm \
-    && PIP_CERT="$(ls /tmp/ca/ca-certificates.crt 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
+    && PIP_CERT="$(find /run/secrets/ca -size +0 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
         --disable-pip-version-check "ray[cgraph]==${RAY_VERSION}" \
     && find /opt/vllm -name __pycache__ -prune -exec rm -rf {} + \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/vllm vllm \
@@ -61,7 +48,9 @@ FROM ray-base AS ray
 # The checks that run before the engine (preflight.py: bad settings, the memory estimate); entrypoint.sh, which runs
 # them and then `vllm serve` with the API key read from a file (VLLM_API_KEY_FILE), never from the command line; and
 # cluster.py (`r1kit-cluster head|worker`): a node of a multi-node cluster, checked, joined, then vLLM on the head.
+# r1kit_keyguard.py: the middleware the entrypoint adds to `vllm serve` with a key set (the key on every route).
 COPY --chmod=0755 preflight.py entrypoint.sh cluster.py /opt/r1kit/
+COPY --chmod=0644 r1kit_keyguard.py /opt/r1kit/python/
 USER 10001:10001
 WORKDIR /models
 ENTRYPOINT ["r1kit-cluster"]
@@ -74,10 +63,10 @@ ARG TARGETARCH
 ARG DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # One step, so vLLM is one layer (a copy from a build stage would store its 9 GB twice), into the venv that holds
-# Ray (pinned again, so pip keeps it). The CA bundle and the wheels built above are bind-mounted, never copied. The
+# Ray (pinned again, so pip keeps it). The CA bundle (secret) and the wheels built above are mounted, never copied. The
 # last line strips setuid and setgid bits.
-RUN --mount=type=bind,from=ca,source=/ca,target=/tmp/ca \
-    PIP_CERT="$(ls /tmp/ca/ca-certificates.crt 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
+RUN --mount=type=secret,id=ca,required=false \
+    PIP_CERT="$(find /run/secrets/ca -size +0 2>/dev/null || true)" /opt/vllm/bin/pip install --no-cache-dir \
         --disable-pip-version-check \
         "vllm==${VLLM_VERSION}" \
         "ray[cgraph]==${RAY_VERSION}" \

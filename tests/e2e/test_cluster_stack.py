@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.builder import RUN
 from support.prerequisites import REPO
 from support.stack import Stack
@@ -76,6 +75,43 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return top
 
 
+# Every listening TCP socket in a node's container, with the program that holds it: /proc/net/tcp{,6} joined to the
+# socket inodes of each process's open files (the launcher runs as one uid, so every Ray process is readable).
+LISTENERS = r"""
+import json, os, socket, struct
+owners = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        name = os.path.basename(open(f"/proc/{pid}/cmdline").read().split("\0")[0])
+        title = open(f"/proc/{pid}/comm").read().strip()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                owners[link[8:-1]] = name if not title.startswith("ray::") else title
+    except OSError:
+        pass
+out = []
+for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] != "0A":  # LISTEN
+            continue
+        addr, port = f[1].split(":")
+        raw = bytes.fromhex(addr)
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+        out.append([socket.inet_ntop(family, raw), int(port, 16), owners.get(f[9], "?")])
+print(json.dumps(out))
+"""
+# Ray 2.60's gRPC servers that listen on every interface whatever --node-ip-address says (no option binds them:
+# see the README's security section): the GCS, the raylet (node manager and object manager) and the workers'.
+WILDCARD_OK = ("gcs_server", "raylet", "ray::")
+
+
+def listeners(stack: Stack) -> list[tuple[str, int, str]]:
+    out = stack("exec", "-T", "vllm", "python3", "-c", LISTENERS).stdout.strip().splitlines()[-1]
+    return [tuple(x) for x in json.loads(out)]
+
+
 def node(role: str, files: list[Path], ip: str, base: dict[str, str], **env: str) -> Stack:
     return Stack(f"r1kit-test-{RUN}-{role}", files, {**base, "R1KIT_TEST_NODE_IP": ip, "R1KIT_TEST_HOSTNAME": f"node-{role}", **env})
 
@@ -113,8 +149,9 @@ def last_error(log: str) -> str:
     return errors[0]
 
 
-def test_two_nodes_join_and_the_head_serves_with_ray(cluster, vllm_parse):
+def test_two_nodes_join_and_the_head_serves_with_ray(cluster, vllm_parse, network):
     head, worker, folder = cluster
+    _, prefix = network
     head("up", "-d", "--no-build", "--pull", "never", "vllm")
     # The documented way to read the head's generated token, for the workers.
     token = head("exec", "-T", "vllm", "cat", "/run/r1kit/keys/ray_auth_token").stdout.strip()
@@ -145,6 +182,18 @@ def test_two_nodes_join_and_the_head_serves_with_ray(cluster, vllm_parse):
     assert "node-worker" in ran and "node-head" in ran, ran
     nodes = json.loads(head("exec", "-T", "vllm", "r1kit-cluster", "status").stdout.strip().splitlines()[-1])
     assert sorted((n["host"], n["gpus"]) for n in nodes) == [("node-head", 1.0), ("node-worker", 1.0)]
+
+    # Which interface each port listens on, on both nodes: the node IP (or loopback), except the documented
+    # wildcard listeners of Ray's own servers; GCS on 6379 among them on the head.
+    for stack, ip in ((head, f"{prefix}.10"), (good, f"{prefix}.11")):
+        socks = listeners(stack)
+        print(f"listening on {ip}:", socks)
+        assert socks, "no listening socket found"
+        for addr, port, owner in socks:
+            if addr in (ip, "::1", f"::ffff:{ip}") or addr.startswith("127."):  # 127.0.0.11: Docker's DNS
+                continue
+            assert addr in ("0.0.0.0", "::") and owner.startswith(WILDCARD_OK), f"{owner} listens on {addr}:{port} (node {ip})"
+        assert any(port == 6379 and owner == "gcs_server" for _, port, owner in socks) == (stack is head), socks
 
     args = record.read_text().splitlines()
     assert args[:2] == ["serve", f"/models/{MODEL}"], args

@@ -51,7 +51,9 @@ fi
 [ "$phase" = bench ] || { echo "plan.sh: phase must be build or bench" >&2; exit 2; }
 [ -e "$work/built" ] || { echo "plan.sh: no build in $work: the machine went cold between the phases; run the build phase again" >&2; exit 3; }
 
-# Hold all but FREE_GIB of each GPU's memory, as if the cards were smaller (the recipes' 24 GB RTX 4090s).
+# Hold all but FREE_GIB of each GPU's memory, as if the cards were smaller (the recipes' 24 GB RTX 4090s). A previous
+# run's readiness file would let this one plan before the filler holds anything.
+rm -f "$work/filler.ready"
 python3 - "$free_gib" "$work/filler.ready" <<'PY' &
 import sys, time, torch
 keep = int(float(sys.argv[1]) * 2**30)
@@ -140,6 +142,43 @@ for name in ("recipe", "cpu-moe", "fit", "even", "row", "plan"):
     fmt = lambda x: f"{x['avg_ts']:.1f} ± {x['stddev_ts']:.1f}" if x else "-"
     print(f"| {name} | {desc} | {fmt(pp)} | {fmt(tg)} |")
 PY
+
+# The stack's default (issue 28): llama-server with the llama.cpp stack's own default LLAMA_ARG_* values (read from
+# stacks/llamacpp-webui.yml with no .env; the entrypoint drops the empty ones), on this model that the free memory
+# cannot hold. Then the old default, -ngl all, for contrast.
+serve_default() {  # serve_default NAME [VAR=VALUE ...]: start, wait for /health, one completion, stop
+  local name=$1; shift
+  local envs
+  envs=$(PYTHONPATH=$py python3 - "$repo/stacks/llamacpp-webui.yml" <<'PY'
+import re, shlex, sys, yaml
+env = yaml.safe_load(open(sys.argv[1]))["services"]["llamacpp"]["environment"]
+for key, value in env.items():
+    default = re.fullmatch(r"\$\{[A-Z0-9_]+:-([^}]*)\}", str(value))
+    if key.startswith("LLAMA_ARG_") and key not in ("LLAMA_ARG_API_KEY_FILE", "LLAMA_ARG_ALIAS") and default:
+        print(f"{key}={shlex.quote(default.group(1))}")
+PY
+)
+  log "stack $name: $(tr '\n' ' ' <<< "$envs")$*"
+  eval "env $(tr '\n' ' ' <<< "$envs") $* LLAMA_ARG_MODEL=$model ${entrypoint[*]} --host 127.0.0.1 --port 8092 --api-key k" \
+    > "$out/server-$name.log" 2>&1 &
+  local pid=$! served=no
+  for _ in $(seq 600); do
+    if curl -sf http://127.0.0.1:8092/health > /dev/null; then served=yes; break; fi
+    kill -0 "$pid" 2> /dev/null || break
+    sleep 0.5
+  done
+  if [ "$served" = yes ] && curl -sf -H 'Authorization: Bearer k' -H 'Content-Type: application/json' \
+       -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":8}' http://127.0.0.1:8092/v1/chat/completions > "$out/chat-$name.json"; then
+    echo "stack $name: served a chat completion ($(python3 -c "import json; print(json.load(open('$out/chat-$name.json'))['usage']['completion_tokens'])") tokens)" | tee -a "$out/steps.txt"
+  else
+    echo "stack $name: did not serve: $(grep -iE "out of memory|failed to fit|abort|error" "$out/server-$name.log" | head -3 | tr '\n' ' ')" | tee -a "$out/steps.txt"
+  fi
+  grep -E "offloaded|CUDA0 model buffer|CPU_Mapped model buffer|fitting params" "$out/server-$name.log" | head -6 | tee -a "$out/steps.txt" || true
+  kill "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+}
+serve_default default
+serve_default old-default LLAMA_ARG_N_GPU_LAYERS=all
 
 # builder bench against llama-server started as the stack starts it: the plan's settings as the stack's LLAMA_ARG_*
 # variables (stacks/llamacpp-webui.yml), through the image's entrypoint.

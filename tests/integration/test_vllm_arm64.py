@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from python_on_whales import DockerClient
-
 from support.builder import RUN, builder
-from support.open_webui import host_ca_bundle
 from support.prerequisites import ensure_arm64_base_image
+
+from builder.images.build import host_ca_bundle
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.heavy]
 

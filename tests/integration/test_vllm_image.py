@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 from python_on_whales import DockerClient
-
 from support.prerequisites import REPO
 from support.vllm_settings import SETTINGS, vllm_command
 
@@ -70,11 +69,12 @@ def test_bad_settings_stop_before_vllm_starts(vllm_image: str, args: list[str], 
 
 def test_the_api_key_comes_from_its_file_only(vllm_image: str, tmp_path):
     """The entrypoint exports the file's key as VLLM_API_KEY and execs `vllm serve` with the arguments unchanged:
-    a `vllm` placed first on PATH shows what it receives (the image's python3 still runs the preflight)."""
+    a `vllm` placed first on PATH shows what it receives (the image's python3 still runs the preflight). With a key,
+    the middleware that asks for it on every route (r1kit_keyguard) is added, and imports from the PYTHONPATH given."""
     keys, stub = tmp_path / "keys", tmp_path / "stub"
     keys.mkdir()
     stub.mkdir()
-    (stub / "vllm").write_text('#!/bin/sh\necho "key=$VLLM_API_KEY args=$*"\n')
+    (stub / "vllm").write_text('#!/bin/sh\npython3 -c "import r1kit_keyguard" && echo "key=$VLLM_API_KEY args=$*"\n')
     (stub / "vllm").chmod(0o755)
     (keys / "key").write_text("")
     for p in (keys, keys / "key"):
@@ -85,5 +85,6 @@ def test_the_api_key_comes_from_its_file_only(vllm_image: str, tmp_path):
     assert empty.returncode == 2 and empty.stderr.strip() == "error: /keys/key is empty: the stack's secrets-init writes the key there"
     (keys / "key").write_text("the-key\n")
     given = subprocess.run(docker, capture_output=True, text=True, timeout=300)
-    assert given.returncode == 0 and given.stdout.strip() == "key=the-key args=serve /models/any --max-model-len=8192", given.stderr
+    assert given.returncode == 0 and given.stdout.strip() == ("key=the-key args=serve /models/any --max-model-len=8192 "
+                                                                  "--middleware r1kit_keyguard.KeyOnEveryRoute"), given.stderr
     assert "memory check skipped: no NVIDIA GPU visible" in given.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from builder.images.build import host_ca_bundle
 from builder.images.docker import Backend
 from support.http import post_json
 from support.prerequisites import REPO
@@ -41,14 +41,6 @@ def cpu_torch_wheel() -> Path:
             return found[-1]
     raise FileNotFoundError(f"no {TORCH_WHEEL_GLOB} in {', '.join(map(str, folders))}: download it from "
                             "https://download.pytorch.org/whl/cpu into one of them (or set TORCH_WHEEL_DIR)")
-
-
-def host_ca_bundle() -> Path:
-    """The CA bundle the host's pip trusts: where TLS is inspected on the way out, PyPI only verifies with it."""
-    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        if os.environ.get(name) and Path(os.environ[name]).is_file():
-            return Path(os.environ[name])
-    return Path(ssl.get_default_verify_paths().openssl_cafile)
 
 
 def build_image(backend: Backend, base_image: str, tag: str, log: Path | None = None) -> float:

@@ -8,15 +8,16 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
+from builder.images.catalog import load
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
-# The llama-cpp-python sdist vendors a full llama.cpp tree (here: ggml-org/llama.cpp@0c1e570, 2026-10-01).
-LLAMA_CPP_PYTHON = "0.3.36"
 TRIM = ("models", "docs", "media", "tests", ".git", ".github")
 
 
@@ -49,20 +50,26 @@ def ensure_base_image(docker: DockerClient, ref: str = BASE_IMAGE) -> str:
 
 
 def llamacpp_source() -> Path:
-    """A trimmed llama.cpp source tarball (about 11 MB), cached under .cache/."""
-    out = CACHE / f"llama.cpp-from-llama-cpp-python-{LLAMA_CPP_PYTHON}.tar.gz"
+    """llama.cpp's pinned tree (images/llamacpp/image.yaml), trimmed to about 11 MB and cached under .cache/: made
+    from the archive the images fetch, checked against the same sha256, for the builds that take a local tree."""
+    pin = load(REPO / "images").pins["llamacpp"]
+    out = CACHE / f"llama.cpp-{pin.version}.tar.gz"
     if out.exists():
         return out
     CACHE.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            ["python3", "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON}"],
-            check=True,
-        )
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(sdist) as t:
-            t.extractall(tmp, filter="data")
-        tree = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        archive = Path(tmp) / "source.tar.gz"
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(pin.source_url, timeout=120) as response, archive.open("wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+        if digest.hexdigest() != pin.sha256:
+            raise RuntimeError(f"{pin.source_url} hashes to {digest.hexdigest()}, not the pinned {pin.sha256}")
+        prefix = pin.source_tree + "/"
+        with tarfile.open(archive) as t:
+            t.extractall(tmp, members=[m for m in t.getmembers() if m.name.startswith(prefix)], filter="data")
+        tree = Path(tmp) / pin.source_tree
         for name in TRIM:
             shutil.rmtree(tree / name, ignore_errors=True)
         partial = out.with_suffix(".partial")

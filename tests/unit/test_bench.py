@@ -4,6 +4,7 @@ tests/integration/test_bench_agreement.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -11,18 +12,17 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+from support.builder import builder_in_process as builder
+from support.signals import dispositions
 
 from builder.bench import measure as bench
 from builder.core.errors import UserError
-from support.builder import builder_in_process as builder
-from support.signals import dispositions
 
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 100])
@@ -124,9 +124,11 @@ class NoUsageServer(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture()
-def no_usage_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoUsageServer)
+@contextlib.contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in server on a free loopback port, in a thread, for the block; its base URL.
+    test_bench_hostile.py serves its bad servers with it too."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -134,6 +136,12 @@ def no_usage_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture()
+def no_usage_server() -> Iterator[str]:
+    with serve(NoUsageServer) as url:
+        yield url
 
 
 def test_without_usage_it_counts_text_chunks_and_says_so(no_usage_server: str, tmp_path: Path):
@@ -165,16 +173,25 @@ def test_api_key_file_holds_one_key(tmp_path: Path):
 
 
 @pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
-def test_ctrl_c_stops_it_in_one_line_with_nothing_written(no_usage_server: str, tmp_path: Path, inherited: signal.Handlers):
+def test_ctrl_c_stops_it_in_one_line_with_nothing_written(tmp_path: Path, inherited: signal.Handlers):
     """Also when started with SIGINT ignored, as a shell's background job is: the CLI installs its own handler."""
     out = tmp_path / "b.json"
-    # Far more requests than run in the 2 s before the signal.
-    run = subprocess.Popen([sys.executable, "-m", "builder.cli", "bench", no_usage_server, "--concurrency", "1",
-                            "--requests", "1000000", "--prompt-tokens", "8", "--max-tokens", "2", "--json", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=dispositions(sigint=inherited))
-    time.sleep(2)
-    run.send_signal(signal.SIGINT)
-    stdout, stderr = run.communicate(timeout=60)
+    benching = threading.Event()
+
+    class Benching(NoUsageServer):
+        def do_POST(self) -> None:
+            benching.set()  # the run is past its start-up: its own handler is in place
+            super().do_POST()
+
+    with serve(Benching) as url:
+        # Far more requests than run before the signal.
+        run = subprocess.Popen([sys.executable, "-m", "builder.cli", "bench", url, "--concurrency", "1",
+                                "--requests", "1000000", "--prompt-tokens", "8", "--max-tokens", "2", "--json", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=dispositions(sigint=inherited))
+        # A fixed sleep lost the race on a loaded machine: a signal before the handler is installed is ignored.
+        assert benching.wait(60), "the bench never sent a request"
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=60)
     assert run.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "error: interrupted (SIGINT)" and stdout == ""
     assert not out.exists() and list(tmp_path.iterdir()) == []

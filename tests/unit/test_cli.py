@@ -6,8 +6,10 @@ import json
 import shlex
 
 import pytest
-
 from support.builder import builder_in_process as builder
+from support.prerequisites import REPO
+
+from builder.images import catalog
 
 
 def test_list_json_names_every_target_with_platforms():
@@ -37,9 +39,14 @@ def test_build_dry_run_prints_the_docker_command(tmp_path):
     assert args == ["LLAMACPP_SOURCE=local", "BLIS_SOURCE=distro"]
 
 
-def test_dry_run_default_tag_follows_the_scheme():
+def test_dry_run_default_tag_follows_the_scheme_and_names_the_verified_source():
     out = builder("build", "llamacpp-cuda", "--set", "cuda_version=13.0.2", "--dry-run", capture_output=True).stdout
-    assert "ghcr.io/r1kit/llamacpp-cuda:b" in out and "-cu13 " in out
+    pin = catalog.load().pins["llamacpp"]
+    assert f"ghcr.io/r1kit/llamacpp-cuda:{pin.version}-cu13 " in out
+    assert f"# fetches llamacpp {pin.version}: {pin.source_url} (sha256 {pin.sha256}), its {pin.source_tree}/" in out
+    # A local source replaces the download: the dry run no longer says it fetches one.
+    local = builder("build", "llamacpp-cpu", "--source", str(REPO / "images/llamacpp"), "--dry-run", capture_output=True).stdout
+    assert "# fetches" not in local and "LLAMACPP_SOURCE=local" in local
 
 
 @pytest.mark.parametrize(
@@ -99,20 +106,23 @@ def test_usage_errors_are_one_line_with_the_help_hint(args, message):
     assert message in line and "--help" in line, line
 
 
-@pytest.mark.parametrize("args", [
-    ["render", "llamacpp-cpu", "--set", "blas=" + "x" * 100_000],
-    ["render", "llamacpp-cpu", "--set", "y" * 100_000],
-    ["render", "x" * 100_000],
-    ["tags", "llamacpp-cpu", "--release", "v" * 100_000],
+@pytest.mark.parametrize(("args", "length"), [
+    (["render", "llamacpp-cpu", "--set", "blas=" + "x" * 100_000], 100_005),
+    (["render", "llamacpp-cpu", "--set", "y" * 100_000], 100_000),
+    (["render", "x" * 100_000], 100_000),
+    (["tags", "llamacpp-cpu", "--release", "v" * 100_000], 100_000),
+    # Under the command line's limit (4096), the command's own check answers, as briefly.
+    (["render", "llamacpp-cpu", "--set", "blas=" + "x" * 4000], 4000),
+    (["tags", "llamacpp-cpu", "--release", "v" * 4000], 4000),
 ])
-def test_an_error_echoes_at_most_a_bit_of_a_huge_value(args):
+def test_an_error_echoes_at_most_a_bit_of_a_huge_value(args, length):
     line = one_line(builder(*args, check=False, capture_output=True))
-    assert len(line) < 400 and "100000 characters" in line, line
+    assert len(line) < 400 and f"{length} characters" in line, line
 
 
 def test_a_source_folder_that_holds_the_output_is_refused(tmp_path):
-    """`--source ca=/tmp -o /tmp/ctx` once copied /tmp into /tmp/ctx into itself until the disk was full."""
+    """`--source NAME=/tmp -o /tmp/ctx` once copied /tmp into /tmp/ctx into itself until the disk was full."""
     out = tmp_path / "ctx"
-    line = one_line(builder("stage", "vllm", "--source", f"ca={tmp_path}", "-o", str(out), check=False, capture_output=True))
-    assert f"--source ca={tmp_path} holds the folder" in line, line
+    line = one_line(builder("stage", "model-init", "--source", f"llamacpp={tmp_path}", "-o", str(out), check=False, capture_output=True))
+    assert f"--source llamacpp={tmp_path} holds the folder" in line, line
     assert not out.exists()

@@ -13,15 +13,24 @@ import time
 from pathlib import Path
 
 import pytest
-
-from builder.models import download as downloads
-from builder.core.errors import UserError
 from support import privileges
-from support.builder import builder_with_env as builder, one_line_error
-from support.hub import DISTILL_FILE, DISTILL_REPO, R1_REPO, SHARDS, files_under, hub_sha, sha256
-from support.signals import dispositions
+from support.builder import builder_with_env as builder
+from support.builder import one_line_error
+from support.hub import (
+    DISTILL_FILE,
+    DISTILL_REPO,
+    R1_REPO,
+    SHARDS,
+    files_under,
+    hub_sha,
+    sha256,
+)
 from support.local_hub import LocalHub
 from support.prerequisites import REPO
+from support.signals import dispositions
+
+from builder.core.errors import UserError
+from builder.models import download as downloads
 
 MiB = 1024**2
 
@@ -162,7 +171,7 @@ def test_an_output_under_a_regular_file_is_refused_before_the_download(local_hub
     (["--num-gpu", "-1"], "--num-gpu"),
     (["--min-free", "banana"], "--min-free"),
     (["--min-free", "-5M"], "--min-free"),
-    (["--min-free", "1" + "0" * 100_000], "--min-free"),
+    (["--min-free", "1" + "0" * 100_000], "longer than 4096 characters"),  # the CLI's bound on every argument, first
     (["--bogus"], "--bogus"),
 ])
 def test_bad_options_are_one_line_errors_before_any_request(local_hub: LocalHub, hub_env: dict[str, str], tmp_path: Path, args: list[str], message: str):

@@ -106,7 +106,7 @@ def test_bench_reads_every_engines_output_token_counter():
 
         async def read() -> float | None:
             async with httpx2.AsyncClient(transport=transport, base_url="http://engine") as client:
-                return await engine_tokens(client, counters)
+                return (await engine_tokens(client, counters)).tokens
 
         assert asyncio.run(read()) == 42, name
 

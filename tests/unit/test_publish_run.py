@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.builder import builder_in_process
 from wcmatch import glob as wglob
 
-from builder.images import catalog
+from builder.images import catalog, stack_images
 from builder.images import workflow as ci
-from builder.images import tags
-from support.builder import builder_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / ".github" / "workflows" / "images.yml"
@@ -81,6 +80,19 @@ state = os.environ["FAKE_REGISTRY"]
 reg = json.load(open(state)) if os.path.exists(state) else {"tags": {}, "blobs": {}, "calls": []}
 args = sys.argv[1:]
 reg["calls"].append(args)
+if args[:2] == ["manifest", "inspect"]:
+    # As a user asks: no credentials anywhere the client would look.
+    config = os.environ.get("DOCKER_CONFIG", "")
+    if not config or os.path.exists(os.path.join(config, "config.json")):
+        sys.exit("this stand-in answers anonymous clients only (DOCKER_CONFIG set to an empty folder)")
+    ref = args[2]
+    json.dump(reg, open(state, "w"))
+    if ref.rsplit(":", 1)[0] in reg.get("private", []):
+        sys.exit("errors:\ndenied: requested access to the resource is denied\nunauthorized: authentication required")
+    if ref not in reg["tags"]:
+        sys.exit(f"no such manifest: {ref}")
+    print(reg["blobs"][reg["tags"][ref]])
+    sys.exit(0)
 assert args[:2] == ["buildx", "imagetools"], args
 if args[2] == "create":
     rest, tags, notes, refs = args[3:], [], {}, []
@@ -119,6 +131,10 @@ def fake_path(tmp_path: Path) -> str:
     docker = bin_dir / "docker"
     docker.write_text(FAKE_DOCKER.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
     docker.chmod(0o755)
+    # `gh api users/OWNER --jq .type`, as GitHub answers it: User or Organization.
+    gh = bin_dir / "gh"
+    gh.write_text('#!/bin/sh\n[ "$1 $3 $4" = "api --jq .type" ] && echo "${FAKE_OWNER_TYPE:-Organization}" && exit 0\nexit 1\n')
+    gh.chmod(0o755)
     return f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
 
 
@@ -237,11 +253,13 @@ def test_a_whole_run_publishes_exactly_builder_tags_per_variant(tmp_path: Path, 
         assert index["annotations"]["org.opencontainers.image.licenses"] == "MIT"
     assert set(tags_written) == set(expected)
     assert all(t.startswith("ghcr.io/r1kit/") for t in tags_written), "the owner, lowercased"
+    init = catalog.load().get("model-init").version
     if release:
         assert not any(t.endswith((":latest", ":cu12", ":cu13")) for t in tags_written), "a release moves no moving tag"
-        assert "ghcr.io/r1kit/model-init:0.1.0" in tags_written
+        assert all("-r1kit0.1.0" in t for t in tags_written), "a release writes its own tag only, for every image alike"
+        assert f"ghcr.io/r1kit/model-init:{init}-r1kit0.1.0" in tags_written
     else:
-        assert "ghcr.io/r1kit/model-init:0.1.0" not in tags_written, "main never writes a release's version tag"
+        assert f"ghcr.io/r1kit/model-init:{init}" in tags_written, "the stacks' model-init tag, from main"
         assert ("ghcr.io/r1kit/model-init:sha-0123456789ab" in tags_written) == (event == "push")
 
 
@@ -250,7 +268,7 @@ def test_a_release_or_commit_tag_is_never_overwritten(tmp_path: Path, fake_path:
     run = plan(tmp_path, "push", "refs/tags/v0.1.0")
     store, platforms = build_artifacts(tmp_path, run["build"])
     row = next(r for r in run["merge"] if r["target"] == "model-init")
-    assert row["immutable_tags"] == "ghcr.io/r1kit/model-init:0.1.0"
+    assert row["immutable_tags"] == "ghcr.io/r1kit/model-init:0.1.0-r1kit0.1.0"
     assert merge(tmp_path, row, store, platforms, fake_path).returncode == 0
     again = merge(tmp_path / "rerun", row, store, platforms, fake_path, registry=tmp_path / "registry.json")
     assert again.returncode != 0 and "exists already" in again.stdout
@@ -291,7 +309,7 @@ def test_a_crossed_or_missing_digest_fails_only_that_variants_merge(tmp_path: Pa
     results = {(r["target"], r["variant"]): merge(tmp_path, r, store, platforms, fake_path) for r in run["merge"]}
     failed = {k for k, r in results.items() if r.returncode != 0}
     assert failed == {("llamacpp-cuda", "cu13")}
-    assert "1 digests for 2 platforms" in results[("llamacpp-cuda", "cu13")].stderr
+    assert "ghcr.io/r1kit/llamacpp-cuda: 1 digests for 2 platforms" in results[("llamacpp-cuda", "cu13")].stderr
     assert "ghcr.io/r1kit/llamacpp-cuda:cu12" in published(tmp_path)
     assert "ghcr.io/r1kit/llamacpp-cuda:cu13" not in published(tmp_path)
     # A digest of another variant in the folder: two for one platform.
@@ -330,6 +348,164 @@ def test_the_registry_owner_comes_from_the_repository(tmp_path: Path):
     assert spec["env"]["REGISTRY"] == "ghcr.io/${{ github.repository_owner }}"
     run = plan(tmp_path, "push", "refs/heads/main", owner="SomeFork")
     assert {r["image"].rsplit("/", 1)[0] for r in run["build"] + run["merge"]} == {"ghcr.io/somefork"}
+
+
+# --- what the stacks pull, after a first push to main -------------------------------------------------------------
+
+CHECK = "Pull every stack default without a login"
+
+
+def stack_defaults() -> list[stack_images.StackImage]:
+    """The images of ours the stacks pull by default, in the registry the plan step writes to (owner R1kit)."""
+    return stack_images.stack_images(REPO, "ghcr.io/R1kit")
+
+
+def empty_registry(tmp_path: Path, platforms: dict) -> Path:
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"tags": {}, "blobs": {}, "calls": [], "platforms": platforms}))
+    return registry
+
+
+def check_stacks(tmp_path: Path, path: str, registry: Path, owner_type: str = "Organization") -> subprocess.CompletedProcess:
+    """The stacks job's step script, as the runner runs it: no login, `docker` and `gh` the stand-ins."""
+    spec = step(workflow()["jobs"]["stacks"], CHECK)
+    assert spec["env"] == {"REGISTRY": "ghcr.io/${{ github.repository_owner }}", "OWNER": "${{ github.repository_owner }}",
+                           "GH_TOKEN": "${{ github.token }}"}
+    temp = tmp_path / "stacks-job"
+    temp.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
+    env |= {"PATH": path, "RUNNER_TEMP": str(temp), "FAKE_REGISTRY": str(registry), "FAKE_OWNER_TYPE": owner_type,
+            "REGISTRY": "ghcr.io/R1kit", "OWNER": "R1kit", "GH_TOKEN": "unused"}
+    return run_script(spec["run"], env)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == len(result.stderr.strip().splitlines()), result.stderr
+    return lines
+
+
+def compose_default(value: str) -> str:
+    """`${VAR:-default}` with VAR unset, innermost first, as compose resolves it."""
+    while match := re.search(r"\$\{\w+:-([^${}]*)\}", value):
+        value = value[: match.start()] + match.group(1) + value[match.end():]
+    return value
+
+
+def test_the_stack_defaults_are_every_image_of_ours_a_stack_pulls():
+    """Read apart from builder's pattern: every `image:` of every stack file (overrides and stacks/shared/ too) with
+    its compose defaults, and every *_IMAGE line of stacks/.env.example; upstream images are not ours."""
+    named = set()
+    for path in (REPO / "stacks").rglob("*.yml"):
+        named |= {compose_default(i) for i in re.findall(r"^\s*image: (\S+)$", path.read_text(), re.M)}
+    env = (REPO / "stacks" / ".env.example").read_text()
+    named |= {v.replace("${R1KIT_REGISTRY}", "ghcr.io/r1kit") for v in re.findall(r"^# \w+_IMAGE=(\S+)$", env, re.M)}
+    ours = {i for i in named if i.startswith("ghcr.io/r1kit/")}
+    listed = {i.ref for i in stack_images.stack_images(REPO)}
+    assert ours == listed
+    assert {i.split(":")[0] for i in named - ours} >= {"ollama/ollama", "ghcr.io/open-webui/open-webui"}, "upstream ones exist and are left out"
+    assert {i.target for i in stack_images.stack_images(REPO)} <= set(catalog.load().targets), "only catalog images"
+    init = next(i for i in stack_images.stack_images(REPO) if i.target == "model-init")
+    assert "stacks/shared/services.yml" in init.files and "stacks/.env.example" in init.files
+
+
+def test_a_first_push_to_main_publishes_every_image_the_stacks_name(tmp_path: Path, fake_path: str):
+    """Issue 27: `docker compose -f stacks/ollama-webui.yml up` found no model-init:<version> after the first publish.
+    From an empty registry, one push to main writes every stack default, and the stacks job's check passes; then,
+    with a package private, it fails saying where to make it public."""
+    run = plan(tmp_path, "push", "refs/heads/main")
+    store, platforms = build_artifacts(tmp_path, run["build"])
+    registry = empty_registry(tmp_path, platforms)
+    for row in run["merge"]:
+        result = merge(tmp_path, row, store, platforms, fake_path, registry)
+        assert result.returncode == 0, result.stderr
+    written = published(tmp_path)
+    assert [i.ref for i in stack_defaults() if i.ref not in written] == []
+    check = check_stacks(tmp_path, fake_path, registry)
+    assert check.returncode == 0, check.stderr
+    assert f"all {len(stack_defaults())} stack default images pull anonymously" in check.stderr
+    asked = [c[2] for c in json.loads(registry.read_text())["calls"] if c[:2] == ["manifest", "inspect"]]
+    assert sorted(asked) == sorted(i.ref for i in stack_defaults())
+    # GHCR makes a package private when it is first pushed: the check says where to make it public.
+    image = next(i for i in stack_defaults() if i.target == "model-init")
+    registry.write_text(json.dumps(json.loads(registry.read_text()) | {"private": [image.ref.rsplit(":", 1)[0]]}))
+    for owner_type, kind in (("Organization", "orgs"), ("User", "users")):
+        check = check_stacks(tmp_path / owner_type, fake_path, registry, owner_type)
+        assert check.returncode == 1
+        assert error_lines(check) == [
+            f"error: {image.ref} (named by {', '.join(image.files)}): the registry refuses an anonymous pull (a new GHCR "
+            f"package is private): make the package public at https://github.com/{kind}/r1kit/packages/container/model-init/settings"
+        ]
+
+
+def test_one_failed_build_blocks_only_its_variant_and_the_check_names_what_the_stacks_miss(tmp_path: Path, fake_path: str):
+    run = plan(tmp_path, "push", "refs/heads/main")
+    defaults = {i.ref: i for i in stack_defaults()}
+    named = [r for r in run["merge"] if set(r["tags"].splitlines()) & set(defaults)]
+    unnamed = [r for r in run["merge"] if not set(r["tags"].splitlines()) & set(defaults)]
+    assert named and unnamed
+    # One platform of the stack default with the most platforms, and a variant no stack names.
+    stack_row = max(named, key=lambda r: len(r["platforms"].split(",")))
+    other_row = unnamed[0]
+    failed = {(stack_row["target"], stack_row["variant"], stack_row["platforms"].split(",")[-1].split("/")[1]),
+              (other_row["target"], other_row["variant"], other_row["platforms"].split(",")[0].split("/")[1])}
+    store, platforms = build_artifacts(tmp_path, run["build"], failed=failed)
+    registry = empty_registry(tmp_path, platforms)
+    results = {(r["target"], r["variant"]): merge(tmp_path, r, store, platforms, fake_path, registry) for r in run["merge"]}
+    assert {k for k, r in results.items() if r.returncode != 0} == {(t, v) for t, v, _ in failed}
+    for row in (stack_row, other_row):
+        assert f"{row['image']}: " in results[(row["target"], row["variant"])].stderr, "the failed merge names its image"
+    written = published(tmp_path)
+    for row in run["merge"]:
+        if row not in (stack_row, other_row):
+            assert set(row["tags"].splitlines()) <= set(written), (row["target"], row["variant"])
+    # The stacks now name an image that was not pushed: the check says which, and which stack files name it.
+    check = check_stacks(tmp_path, fake_path, registry)
+    assert check.returncode == 1
+    missing = [defaults[t] for t in stack_row["tags"].splitlines() if t in defaults]
+    lines = error_lines(check)
+    assert len(lines) == len(missing)
+    for image, line in zip(missing, lines):
+        assert line.startswith(f"error: {image.ref} (named by {', '.join(image.files)}): not in the registry"), line
+    assert not any(t in check.stderr for t in other_row["tags"].splitlines()), "a variant no stack names is no stack's problem"
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "pull"),
+    [
+        (0, "", stack_images.Pull.PULLS),
+        (1, "no such manifest: ghcr.io/o/model-init:0.1.0", stack_images.Pull.ABSENT),
+        (1, "ERROR: ghcr.io/o/model-init:0.1.0: not found", stack_images.Pull.ABSENT),
+        (1, "errors: denied: requested access to the resource is denied", stack_images.Pull.REFUSED),
+        (1, "failed to fetch anonymous token: unexpected status: 401 Unauthorized", stack_images.Pull.REFUSED),
+        (1, "unexpected status from HEAD request: 403 Forbidden", stack_images.Pull.REFUSED),
+        (1, "dial tcp: lookup ghcr.io: i/o timeout", stack_images.Pull.UNANSWERED),
+    ],
+)
+def test_the_registry_answers_are_told_apart(status: int, output: str, pull):
+    assert stack_images.Answer("r", status, output).pull is pull
+
+
+def test_the_check_refuses_a_malformed_answers_file_and_names_an_image_not_asked(tmp_path: Path):
+    answers = tmp_path / "answers"
+    answers.write_text("ghcr.io/r1kit/model-init:0.1.0 0\n")
+    result = builder("check-pulls", str(answers))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {answers}:1: expected REF<TAB>STATUS<TAB>OUTPUT")
+    answers.write_text("")
+    result = builder("check-pulls", str(answers))
+    assert result.returncode == 1 and len(error_lines(result)) == len(stack_images.stack_images(REPO))
+    assert all(line.endswith("not asked (the answers file has no line for it)") for line in error_lines(result))
+
+
+def test_the_stacks_job_runs_on_main_after_the_merges_and_never_logs_in():
+    job = workflow()["jobs"]["stacks"]
+    assert job["needs"] == ["plan", "merge"]
+    assert job["if"].replace(" ", "") == "${{!cancelled()&&needs.plan.outputs.publish=='true'&&github.ref=='refs/heads/main'}}"
+    assert job["permissions"] == {"contents": "read"}, "no packages permission: the registry sees an anonymous user"
+    assert not any("login" in s.get("uses", "") for s in job["steps"])
+    script = step(job, CHECK)["run"]
+    assert 'export DOCKER_CONFIG="$RUNNER_TEMP/anonymous"' in script and "docker manifest inspect" in script
+    assert 'builder check-pulls "$RUNNER_TEMP/answers"' in script and "${{" not in script
 
 
 # --- the publish gate ---------------------------------------------------------------------------------------------
@@ -496,6 +672,6 @@ def test_the_readme_release_and_commit_table_is_what_those_runs_publish(tmp_path
         commit_tag = next(t for t in new if t.startswith("sha-")).replace("0123456789ab", "<commit>")
         release_tags = [t.split(":", 1)[1] for t in r["tags"].splitlines()]
         assert len(release_tags) == 1
-        release_tag = release_tags[0].replace("0.1.0", "X.Y.Z") if tags.is_project_versioned(cat.get(m["target"])) else release_tags[0].replace(version, "<version>").replace("0.1.0", "X.Y.Z")
+        release_tag = release_tags[0].replace("-r1kit0.1.0", "-r1kitX.Y.Z").replace(version, "<version>", 1)
         expected.append((f"ghcr.io/r1kit/{m['target']}", m["variant"], commit_tag, release_tag))
     assert documented == expected

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.prerequisites import REPO
 
 from builder.images import catalog
 from builder.images.render import image_tag, render
-from support.prerequisites import REPO
 
 CATALOG = catalog.load()
 
@@ -34,13 +34,12 @@ def test_renders_and_passes_hadolint(target, settings):
 
 @pytest.mark.parametrize("target", [t for t in CATALOG.targets.values() if t.pin.url], ids=lambda t: t.name)
 def test_a_target_built_from_upstream_source_checks_its_sha256(target):
-    """docker-library style: the tarball is downloaded to a file, checked with sha256sum -c, then unpacked; a build
-    without a pinned sha256 stops before downloading."""
+    """docker-library style: the archive is downloaded to a file, checked with sha256sum -c against the pin (which
+    the schema requires), then unpacked."""
     text = render(target)
     fetch = text[text.index("curl "):]
     assert fetch.index("sha256sum -c") < fetch.index("tar -x")
-    assert "| tar" not in text and "curl -fsSL" in text
-    assert re.search(r'if \[ -z "\$\{\w+_SHA256\}" \]; then', text)
+    assert "| tar" not in text and "curl -fsSL" in text and f"={target.pin.sha256}\n" in text
 
 
 def test_llamacpp_cuda_build_flags():
@@ -163,6 +162,29 @@ def test_image_tags(target, settings, tag):
     assert image_tag(t, settings) == tag.replace("b10864", t.version)
 
 
+def fetch_step(text: str) -> str:
+    """The RUN that downloads and checks llama.cpp's source."""
+    match = re.search(r"^RUN --mount=type=secret,id=ca,required=false \\\n(?:.*\\\n)*.*$", text, re.M)
+    assert match, "no fetch step"
+    return match.group(0)
+
+
+@pytest.mark.parametrize("name", ["llamacpp-cpu", "llamacpp-cuda", "model-init"])
+def test_every_llamacpp_build_fetches_the_one_pinned_tree(name: str):
+    """The llama.cpp images and model-init's llama-gguf-split build the tree that image.yaml pins: the same archive,
+    sha256 and tree as build-arg defaults, and the same download-and-check step, in the renders and the committed
+    files compose builds from."""
+    cat = catalog.load()
+    pin, target = cat.pins["llamacpp"], cat.get(name)
+    assert pin.url and pin.sha256 and pin.source_tree and pin.upstream == "llama-cpp-python"
+    reference = fetch_step(render(cat.get("llamacpp-cpu")))
+    for text in (render(target), (target.folder / f"{name}.Dockerfile").read_text()):
+        for arg, value in (("LLAMACPP_URL", pin.source_url), ("LLAMACPP_SHA256", pin.sha256), ("LLAMACPP_TREE", pin.source_tree)):
+            assert f"\nARG {arg}={value}\n" in text
+        assert fetch_step(text) == reference and 'sha256sum -c -' in reference and '--strip-components="${depth}" "${LLAMACPP_TREE}"' in reference
+        assert "ARG LLAMACPP_SOURCE=pinned\n" in text
+
+
 def test_model_init_image():
     cat = catalog.load()
     target = cat.get("model-init")
@@ -171,8 +193,6 @@ def test_model_init_image():
     assert "USER 10001:10001" in text and "umask 0022 && exec builder download" in text
     assert "BUILDER_MODELS_DIR=/models" in text and "HF_HOME=/home/r1kit/.cache/huggingface" in text
     # llama-gguf-split is built in model-init's own stage from llama.cpp's pin (no image of ours to pull first).
-    llamacpp = cat.pins["llamacpp"]
-    assert f"ARG LLAMACPP_VERSION={llamacpp.version}\n" in text and f"ARG LLAMACPP_SHA256={llamacpp.sha256 or ''}\n" in text
     assert "cmake --build /tmp/build --target llama-gguf-split" in text and "sha256sum -c" in text
     assert "COPY --from=gguf-split /opt/llama.cpp/bin/llama-gguf-split" in text and "ghcr.io/r1kit/llamacpp" not in text
     assert dict(target.extra_sources) == {"llamacpp": "LLAMACPP_SOURCE"}

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from builder.cluster import slurm
 from support.builder import builder_in_process as builder
 from support.slurm import EVERYTHING, PRESETS, render
+
+from builder.cluster import slurm
 
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
 
@@ -72,7 +72,9 @@ REFUSALS = {
     "relative models dir": (["4x4-h100", "--models-dir", "models"], "--models-dir 'models' must be an absolute path"),
     "open endpoint without a key": (["4x4-h100", "--host", "0.0.0.0"], "without --api-key-file"),
     "api key on the command line": (["4x4-h100", "--", "--api-key", "s3cret"], "--api-key on vllm's command line"),
-    "sbatch line injection": (["4x4-h100", "--partition", "gpu\n#SBATCH --uid=0"], "--partition"),
+    # Refused by the command line's own check of every word, or else by slurm.check (tests/unit/test_slurm_hostile.py).
+    "sbatch line injection": (["4x4-h100", "--partition", "gpu\n#SBATCH --uid=0"], "'gpu\\n#SBATCH --uid=0' holds the control character"),
+    "sbatch directive in a word": (["4x4-h100", "--partition", "gpu #SBATCH --uid=0"], "--partition 'gpu #SBATCH --uid=0' is not letters"),
     "utilization above 1": (["4x4-h100", "--gpu-memory-utilization", "1.5"], "'--gpu-memory-utilization'"),
     "image with bare": (["4x4-h100", "--launcher", "bare", "--image", "x/y:1"], "--launcher bare"),
 }

@@ -19,7 +19,7 @@ import yaml
 
 from builder.images import catalog
 from builder.images.sync import committed_render
-from builder.images.tags import image_refs, is_project_versioned
+from builder.images.tags import image_refs
 from support.compose import compose as run_compose
 from support.prerequisites import REPO
 
@@ -224,7 +224,23 @@ def test_cpu_override_switches_the_llamacpp_image_and_offloads_nothing():
     gpu, cpu = config(COMBOS["llamacpp"])["services"]["llamacpp"], config(COMBOS["llamacpp-cpu"])["services"]["llamacpp"]
     assert "/llamacpp-cuda:" in gpu["image"] and gpu["build"]["dockerfile"] == "llamacpp-cuda.Dockerfile"
     assert "/llamacpp-cpu:" in cpu["image"] and cpu["build"]["dockerfile"] == "llamacpp-cpu.Dockerfile"
-    assert gpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "all" and cpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "0"
+    assert gpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "" and cpu["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "0"
+
+
+def test_without_a_plan_no_layer_count_reaches_llama_server(tmp_path: Path):
+    """Issue 28: `-ngl all` (or any number) turns llama.cpp's own fitting off, and R1 then dies on cudaMalloc where it
+    does not fit. The stack's effective environment with no .env, run through the image's real entrypoint to a
+    stand-in llama-server, sets no layer count; a plan's value still arrives."""
+    server = tmp_path / "llama-server"
+    server.write_text('#!/bin/sh\necho "ngl=${LLAMA_ARG_N_GPU_LAYERS-<unset>}"\n')
+    server.chmod(0o755)
+    entrypoint = REPO / "images" / "llamacpp" / "entrypoint.sh"
+    for settings, expected in (({}, "ngl=<unset>"), ({"LLAMACPP_N_GPU_LAYERS": "40"}, "ngl=40")):
+        env = {k: str(v) for k, v in config(COMBOS["llamacpp"], **settings)["services"]["llamacpp"]["environment"].items()
+               if k.startswith("LLAMA_ARG_") and k != "LLAMA_ARG_MODEL"}
+        out = subprocess.run(["dash", str(entrypoint), "llama-server"], env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env},
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and expected in out.stdout, out.stdout + out.stderr
 
 
 def test_no_settings_at_all_resolve_every_stack(combo):
@@ -381,9 +397,8 @@ def test_third_party_images_are_pinned_and_ours_use_the_projects_tags(combo):
         assert tag and tag not in {"latest", "main", "cuda", "ollama"}, f"{service}: {ref} is not pinned"
         if ref.startswith("ghcr.io/r1kit/"):
             target = CATALOG.get(ref.split("/")[2].split(":")[0])
-            # model-init's versioned tag is r1kit's release, which only the release run writes (builder/images/tags.py).
-            release = f"v{target.version}" if is_project_versioned(target) else None
-            assert ref == image_refs(target, {}, release=release)[0], f"{service}: {ref} is not the versioned tag `builder tags` prints"
+            # The versioned tag every publishing run of main writes (builder/images/tags.py), model-init's too.
+            assert ref == image_refs(target, {})[0], f"{service}: {ref} is not the versioned tag `builder tags` prints"
             assert "build" in spec, f"{service}: a project image needs a build: section"
 
 

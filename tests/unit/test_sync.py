@@ -3,7 +3,6 @@ folder that the commands and the catalog-driven tests pick up with no edit to bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -13,37 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from builder.images import catalog
-from builder.images import sync
-from support.builder import builder_in_process
+from support.checkout import builder, copy_repo
 from support.prerequisites import REPO
 
-BUMP = REPO / ".github" / "workflows" / "bump.yml"
+from builder.images import catalog, sync
+
 FOLDERS = sorted(p.parent.name for p in (REPO / "images").glob("*/image.yaml"))
-
-
-def builder(*args: str, root: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """In-process (BUILDER_ROOT and the cwd are read per call, not at import)."""
-    return builder_in_process(*args, check=False, capture_output=True, cwd=root,
-                              env={**os.environ, "BUILDER_ROOT": str(root), **(env or {})})
-
-
-def copy_repo(dest: Path) -> Path:
-    """The checkout as git would hand it over (tracked and new files, nothing ignored), as a fresh repository."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    git = ["git", "-C", str(dest), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], check=True)
-    return dest
 
 
 def one_line_error(result: subprocess.CompletedProcess, status: int = 2) -> str:
@@ -83,6 +57,23 @@ def test_the_reference_rule_rewrites_only_the_tag_of_catalog_targets():
     ]
 
 
+def test_the_readme_quote_rule_moves_versioned_tags_only():
+    """The README's commands quote `ghcr.io/r1kit/<target>:<tag>`: a published variant's versioned tag (a release's
+    too) follows the pin; aliases, `latest`, a commit's tag, placeholders and other registries are left alone."""
+    cat = catalog.load()
+    cpu, cuda = cat.get("llamacpp-cpu"), cat.get("llamacpp-cuda")
+    text = ("docker pull ghcr.io/r1kit/llamacpp-cuda:b1-cu13-blis\n"
+            "ghcr.io/r1kit/llamacpp-cpu:b1 ghcr.io/r1kit/llamacpp-cpu:b1-blis-r1kit0.2.0\n"
+            "ghcr.io/r1kit/llamacpp-cuda:cu12-blis ghcr.io/r1kit/llamacpp-cuda:latest ghcr.io/r1kit/llamacpp-cpu:sha-0123456789ab\n"
+            "ghcr.io/r1kit/not-ours:b1 ghcr.io/me/llamacpp-cpu:b1 ghcr.io/r1kit/vllm:<version> ${R1KIT_REGISTRY:-ghcr.io/r1kit}/x:b1\n")
+    assert sync.rewrite_quotes(text, cat).splitlines() == [
+        f"docker pull ghcr.io/r1kit/llamacpp-cuda:{cuda.version}-cu13-blis",
+        f"ghcr.io/r1kit/llamacpp-cpu:{cpu.version} ghcr.io/r1kit/llamacpp-cpu:{cpu.version}-blis-r1kit0.2.0",
+        "ghcr.io/r1kit/llamacpp-cuda:cu12-blis ghcr.io/r1kit/llamacpp-cuda:latest ghcr.io/r1kit/llamacpp-cpu:sha-0123456789ab",
+        "ghcr.io/r1kit/not-ours:b1 ghcr.io/me/llamacpp-cpu:b1 ghcr.io/r1kit/vllm:<version> ${R1KIT_REGISTRY:-ghcr.io/r1kit}/x:b1",
+    ]
+
+
 def test_check_names_what_is_stale_and_sync_repairs_it_alone(tmp_path: Path):
     root = copy_repo(tmp_path / "repo")
     stack = root / "stacks" / "llamacpp-cpu.yml"
@@ -113,7 +104,7 @@ def test_every_image_yaml_passes_the_schema(folder: str):
         (lambda s: s.replace("    platforms: [linux/amd64, linux/arm64]\n    params: {accelerator: cpu}",
                              "    platform: [linux/amd64]\n    params: {accelerator: cpu}"), "targets.llamacpp-cpu: Additional properties"),
         (lambda s: re.sub(r"(?m)^  sha256: .*$", "  sha256: abc", s), "source.sha256"),
-        (lambda s: s.replace("version: b", "version: [b", 1).replace("\nengine:", "]\nengine:", 1), "version"),
+        (lambda s: re.sub(r"(?m)^version: (.*)$", r"version: [\1]", s, count=1), "version"),
     ],
     ids=["smoke-test-typo", "target-key-typo", "short-sha256", "version-not-a-string"],
 )
@@ -127,63 +118,7 @@ def test_a_malformed_image_yaml_is_one_line_naming_the_file_and_key(tmp_path: Pa
     assert f"{spec}:" in line and message in line, line
 
 
-# --- the bump -----------------------------------------------------------------------------------------------------
-
-
-def pin_step_script() -> str:
-    steps = yaml.safe_load(BUMP.read_text())["jobs"]["bump"]["steps"]
-    return next(s for s in steps if s.get("id") == "pin")["run"]
-
-
-def stub(folder: Path, name: str, body: str) -> None:
-    folder.mkdir(exist_ok=True)
-    (folder / name).write_text(f"#!/bin/sh\n{body}\n")
-    (folder / name).chmod(0o755)
-
-
-def run_pin_step(root: Path, tmp_path: Path, release: str, tarball: bytes) -> subprocess.CompletedProcess:
-    """The workflow's own pin step, with `gh` answering `release` and `curl` serving `tarball`."""
-    stubs = tmp_path / "stubs"
-    (tmp_path / "tarball").write_bytes(tarball)
-    stub(stubs, "gh", f'echo "{release}"')
-    stub(stubs, "curl", f'cat "{tmp_path / "tarball"}"')
-    stub(stubs, "builder", f'exec "{sys.executable}" -m builder.cli "$@"')
-    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "BUILDER_ROOT": str(root),
-           "RUNNER_TEMP": str(tmp_path), "GITHUB_OUTPUT": str(tmp_path / "github_output"), "PYTHONPATH": str(root)}
-    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", pin_step_script()], cwd=root, env=env, capture_output=True, text=True)
-
-
-@pytest.mark.slow
-def test_a_bump_as_the_workflow_makes_it_leaves_the_unit_tests_green(tmp_path: Path):
-    """Issue 9's proof: in a copy of the repository, the bump workflow's pin step pins a new llama.cpp release (with
-    its tarball's sha256, and `builder pin` running the sync), then the catalog-driven unit tests pass there."""
-    root = copy_repo(tmp_path / "repo")
-    old = catalog.load().pins["llamacpp"].version
-    new = f"b{int(old[1:]) + 135}"
-    tarball = b"a stand-in for the llama.cpp release tarball\n"
-    result = run_pin_step(root, tmp_path, new, tarball)
-    assert result.returncode == 0, result.stdout + result.stderr
-    digest = hashlib.sha256(tarball).hexdigest()
-    assert new in (tmp_path / "github_output").read_text()
-    changed = set(subprocess.run(["git", "-C", str(root), "diff", "--name-only"], capture_output=True, text=True).stdout.split())
-    assert {"images/llamacpp/image.yaml", "images/llamacpp/llamacpp-cpu.Dockerfile", "images/llamacpp/llamacpp-cuda.Dockerfile",
-            "images/model-init/model-init.Dockerfile", "stacks/llamacpp-webui.yml", "stacks/llamacpp-cpu.yml", "stacks/.env.example",
-            "README.md"} <= changed
-    spec = yaml.safe_load((root / "images/llamacpp/image.yaml").read_text())
-    assert (spec["version"], spec["source"]["sha256"]) == (new, digest)
-    for path in changed - {"images/llamacpp/image.yaml", "README.md"}:
-        assert old not in (root / path).read_text(), f"{path} still names {old}"
-    assert f"`{new}-cu12`, `cu12`, `latest`" in (root / "README.md").read_text()
-    assert f"ARG LLAMACPP_SHA256={digest}" in (root / "images/model-init/model-init.Dockerfile").read_text()
-    # Nothing to do the second time: the same release, with its sha256, is already pinned.
-    (tmp_path / "github_output").unlink()
-    again = run_pin_step(root, tmp_path, new, tarball)
-    assert again.returncode == 0 and "summary<<EOF\nEOF" in (tmp_path / "github_output").read_text(), again.stderr
-    tests = [f"tests/unit/{name}" for name in ("test_render.py", "test_tag_scheme.py", "test_stacks.py", "test_cli.py", "test_sync.py")]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not docker and not slow", *tests],
-                         cwd=root, capture_output=True, text=True, env={**os.environ, "BUILDER_ROOT": str(root)})
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert re.search(r"\d+ passed", run.stdout)
+# --- pinning by hand (the bump: tests/unit/test_bump.py) ---------------------------------------------------------
 
 
 def test_pin_refuses_a_malformed_sha256_and_writes_nothing(tmp_path: Path):
@@ -192,10 +127,30 @@ def test_pin_refuses_a_malformed_sha256_and_writes_nothing(tmp_path: Path):
     line = one_line_error(builder("pin", "llamacpp", "b99999", "--sha256", "not-a-digest", root=root))
     assert "--sha256" in line
     line = one_line_error(builder("pin", "llamacpp", "b99999", root=root))
-    assert "give that tarball's --sha256" in line
+    assert "give its --sha256 at b99999" in line
     line = one_line_error(builder("pin", "nosuch", "1", root=root))
     assert "no image folder 'nosuch'" in line
     assert (root / "images/llamacpp/image.yaml").read_text() == before
+
+
+def test_a_pin_moves_every_tag_the_readme_and_the_stacks_show(tmp_path: Path):
+    """Issue 27: the README's `docker run`, `docker pull`, cosign and attestation examples kept the old tag after a
+    pin. In a copy, `builder pin` an engine to another version: every line of the README and the stacks that named the
+    old version names the new one instead, and nothing else changes."""
+    root = copy_repo(tmp_path / "repo")
+    old = catalog.load().pins["llamacpp"].version
+    new = "t3st" + "0" * 5
+    assert old not in new
+    files = [root / "README.md", *sync.stack_files(root)]
+    before = {path: path.read_text() for path in files}
+    quoted = [line for line in before[root / "README.md"].splitlines() if old in line]
+    for command in ("docker run", "docker pull", "docker buildx imagetools inspect", "cosign verify", "gh attestation verify"):
+        assert any(command in line for line in quoted), f"the README quotes no {command} of a versioned tag: nothing to test"
+    result = builder("pin", "llamacpp", new, "--sha256", "0" * 64, root=root)
+    assert result.returncode == 0, result.stderr
+    for path in files:
+        assert path.read_text() == before[path].replace(old, new), f"{path.relative_to(root)}: a line still names {old}"
+    assert builder("sync", "--check", root=root).returncode == 0
 
 
 # --- a new engine is one folder -----------------------------------------------------------------------------------
@@ -204,10 +159,11 @@ TOY_SPEC = """\
 description: a throwaway engine that proves a folder is all an engine needs
 version: "1.2.3"
 engine: toy
-upstream: {repo: example/toy, tag_pattern: "^[0-9.]+$"}
+upstream: {pypi: toy, release: "1.2.3"}
 source:
   url: "https://example.invalid/toy/{version}.tar.gz"
-  sha256: null
+  sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+  tree: "toy-{version}"
 smoke_test: [toy, --version]
 options:
   flavour: {help: how it tastes, default: plain, choices: [plain, spicy]}
@@ -221,10 +177,9 @@ TOY_TEMPLATE = """\
 # toy {{ version }} ({{ flavour }})
 FROM debian:bookworm-slim
 ARG TOY_VERSION={{ version }}
-ARG TOY_SHA256={{ pin.sha256 or '' }}
+ARG TOY_SHA256={{ pin.sha256 }}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN if [ -z "${TOY_SHA256}" ]; then echo "no sha256 pinned for toy ${TOY_VERSION}" >&2; exit 1; fi \\
-    && curl -fsSL -o /tmp/toy.tar.gz "{{ pin.url | replace('{version}', '${TOY_VERSION}') }}" \\
+RUN curl -fsSL -o /tmp/toy.tar.gz "{{ pin.source_url }}" \\
     && echo "${TOY_SHA256} */tmp/toy.tar.gz" | sha256sum -c - \\
     && tar -xzf /tmp/toy.tar.gz -C /opt \\
     && rm /tmp/toy.tar.gz
@@ -270,7 +225,7 @@ def test_a_new_engine_folder_is_picked_up_with_no_edit_to_builder_or_tests(tmp_p
     assert "has no option 'blas'" in one_line_error(builder("render", "toy-cpu", "--blas", "blis", root=root))
     assert "images/toy/toy-cpu.Dockerfile" in one_line_error(builder("sync", "--check", root=root), status=1)
     assert builder("sync", root=root).returncode == 0 and (toy / "toy-cpu.Dockerfile").is_file()
-    assert "toy example/toy" in builder("upstreams", root=root).stdout
+    assert listed["toy-cpu"]["source"]["tree"] == "toy-1.2.3"
     # The catalog-driven tests collect and pass the new folder, untouched.
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", "-k", "toy", "-m", "not docker and not slow",
                           "tests/unit/test_render.py", "tests/unit/test_sync.py", "tests/unit/test_engine_runtime.py"], cwd=root, capture_output=True, text=True,

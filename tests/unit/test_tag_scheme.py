@@ -8,11 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from builder.images import catalog
-from builder.images import tags
-from builder.core.errors import UserError
 from support.builder import builder_in_process
+
+from builder.core.errors import UserError
+from builder.images import catalog, tags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,15 +64,24 @@ def test_a_release_writes_only_its_own_immutable_tag(cuda):
     assert tags.tags(cuda, {}, "") == tags.tags(cuda, {})
 
 
-def test_model_init_gets_its_version_tag_from_the_release_only():
-    """Defect 5: model-init:0.1.0 was rewritten by every push to main that touched builder/."""
+def test_main_writes_model_inits_version_tag_and_a_release_adds_its_own_like_every_image():
+    """Issue 27: the stacks name model-init:<version>, so the first publishing run of main must write it; a release
+    writes <versioned tag>-r1kit<X.Y.Z> for model-init as for the engines."""
     init = catalog.load().get("model-init")
-    assert tags.tags(init, {}) == ["latest"], "main must not write the release's version tag"
     assert tags.is_project_versioned(init)
-    assert tags.tags(init, {}, sha="0123456789abcdef0123456789abcdef01234567") == ["latest", "sha-0123456789ab"]
-    assert tags.tags(init, {}, f"v{init.version}") == [init.version]
+    assert tags.tags(init, {}) == [init.version, "latest"]
+    assert tags.tags(init, {}, sha="0123456789abcdef0123456789abcdef01234567") == [init.version, "latest", "sha-0123456789ab"]
+    assert tags.tags(init, {}, f"v{init.version}") == [f"{init.version}-r1kit{init.version}"]
     with pytest.raises(UserError, match="bump it before tagging"):
         tags.tags(init, {}, "v9.9.9")
+
+
+def test_every_image_gets_the_same_release_tag_shape():
+    for target in catalog.load().targets.values():
+        release = target.version if tags.is_project_versioned(target) else "3.2.1"
+        for v in tags.variants(target):
+            versioned = tags.tags(target, v.settings)[0]
+            assert tags.tags(target, v.settings, f"v{release}") == [f"{versioned}-r1kit{release}"], (target.name, v.name)
 
 
 def test_main_adds_an_immutable_per_commit_tag(cuda, cpu):

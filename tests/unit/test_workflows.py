@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from builder.images import catalog
 from support.builder import builder_in_process
+
+from builder.images import catalog, stack_images
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
@@ -164,6 +164,7 @@ def test_images_workflow_grants_write_only_where_it_pushes_or_signs():
     assert jobs["merge"]["permissions"] == {"contents": "read", "packages": "write", "id-token": "write", "attestations": "write"}
     assert jobs["verify"]["permissions"] == {"contents": "read", "packages": "read"}
     assert jobs["scan"]["permissions"] == {"contents": "read", "packages": "read", "security-events": "write"}
+    assert jobs["stacks"]["permissions"] == {"contents": "read"}
 
 
 def test_test_workflow_runs_the_readme_test_command():
@@ -289,7 +290,7 @@ def test_release_tags_reach_the_matrix():
     cuda = next(r for r in rows if r["target"] == "llamacpp-cuda" and r["variant"] == "cu12")
     assert cuda["metadata_tags"].splitlines() == [f"type=raw,value={cuda_version()}-cu12-r1kit0.1.0"]
     init = next(r for r in rows if r["target"] == "model-init")
-    assert init["tags"].splitlines() == ["ghcr.io/r1kit/model-init:0.1.0"]
+    assert init["tags"].splitlines() == ["ghcr.io/r1kit/model-init:0.1.0-r1kit0.1.0"]
 
 
 def test_build_job_builds_the_staged_context_of_its_matrix_entry():
@@ -379,3 +380,48 @@ def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
     }
     result = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "11.8.0" in result.stderr
+
+
+# --- publishing from a fork (README "Publish from your fork") ---------------------------------------------------
+
+
+def fork_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("### Publish from your fork")
+    return " ".join(readme[start:readme.index("\n## ", start)].split())  # lines joined: a name may wrap
+
+
+def test_the_fork_steps_name_the_variable_secret_and_permissions_the_bump_workflow_reads():
+    section = fork_section()
+    job = next(iter(load(REPO / ".github" / "workflows" / "bump.yml")["jobs"].values()))
+    token = uses(job, "actions/create-github-app-token")["with"]
+    assert token["client-id"] == "${{ vars.BUMP_APP_CLIENT_ID }}" and "variable `BUMP_APP_CLIENT_ID`" in section
+    assert token["private-key"] == "${{ secrets.BUMP_APP_PRIVATE_KEY }}" and "secret `BUMP_APP_PRIVATE_KEY`" in section
+    assert (token["permission-contents"], token["permission-pull-requests"]) == ("write", "write")
+    assert "Contents and Pull requests, both read and write" in section
+
+
+def test_the_fork_steps_name_the_jobs_and_pages_the_images_workflow_shows():
+    section = fork_section()
+    jobs = load(IMAGES)["jobs"]
+    assert jobs["stacks"]["name"].startswith("stack defaults pull anonymously") and '"stack defaults pull anonymously"' in section
+    assert jobs["merge"]["name"] == "publish ${{ matrix.target }} ${{ matrix.variant }}" and "`publish <image> <variant>`" in section
+    # The images workflow needs no secret but the run's own token.
+    assert set(re.findall(r"secrets\.(\w+)", IMAGES.read_text())) == {"GITHUB_TOKEN"} and "`GITHUB_TOKEN`" in section
+    for owner_type, kind in (("User", "users"), ("Organization", "orgs")):
+        page = stack_images.settings_url("ghcr.io/<owner>/<image>:1", owner_type).replace("%3C", "<").replace("%3E", ">")
+        assert page == f"https://github.com/{kind}/<owner>/packages/container/<image>/settings" and page in section
+
+
+def test_the_stacks_follow_the_registry_variable_the_fork_steps_name():
+    section = fork_section()
+    assert "`R1KIT_REGISTRY=ghcr.io/<owner>` in `stacks/.env`" in section
+    assert "# R1KIT_REGISTRY=ghcr.io/r1kit" in (REPO / "stacks" / ".env.example").read_text()
+    result = builder("stack-images", "--registry", "ghcr.io/SomeFork")
+    assert result.returncode == 0, result.stderr
+    refs = result.stdout.split()
+    assert refs and all(r.startswith("ghcr.io/somefork/") for r in refs)
+    # No stack names our registry but through R1KIT_REGISTRY's default.
+    for path in (REPO / "stacks").rglob("*.yml"):
+        text = path.read_text()
+        assert text.count("ghcr.io/r1kit") == text.count("${R1KIT_REGISTRY:-ghcr.io/r1kit}"), path.name
