@@ -68,10 +68,11 @@ class DownloadProgress:
     (container logs, CI): a line when a file starts and when it is done, and at most one line for the total every
     `interval` seconds, however many files are in flight."""
 
-    def __init__(self, console: Console | None = None, interval: float = 5.0, clock=time.monotonic) -> None:
+    def __init__(self, console: Console | None = None, interval: float = 5.0, clock=time.monotonic, verb: str = "download") -> None:
         self.console = console or Console(stderr=True, highlight=False)
         self.interval = interval
         self.clock = clock
+        self.verb = verb  # what the log lines say is under way: a bundle's save and load show the same bars
         self.lock = threading.Lock()
         self.bars: Progress | None = None
         self.total_task: TaskID | None = None
@@ -112,7 +113,7 @@ class DownloadProgress:
         with self.lock:
             self.files[index] = shown
         if self.bars is None:
-            self.note(f"download: {index}/{self.n_files} {path} ({human(size)})")
+            self.note(f"{self.verb}: {index}/{self.n_files} {path} ({human(size)})")
 
     def file_bytes(self, index: int, have: int) -> None:
         """The file holds `have` bytes already (a resumed partial file)."""
@@ -139,7 +140,7 @@ class DownloadProgress:
         elapsed = self.clock() - shown.since
         fetched = shown.size - shown.resumed
         speed = f" {human(fetched / elapsed)}/s" if elapsed > 0 and fetched else ""
-        self.note(f"download: {index}/{self.n_files} {shown.path} 100% {human(shown.size)}/{human(shown.size)}{speed}")
+        self.note(f"{self.verb}: {index}/{self.n_files} {shown.path} 100% {human(shown.size)}/{human(shown.size)}{speed}")
 
     def _show(self, index: int) -> None:
         if self.bars is not None:
@@ -158,7 +159,7 @@ class DownloadProgress:
             have, in_flight = self.have, len(self.files)
         speed = f" {human(window / elapsed)}/s" if elapsed > 0 and window else ""
         pct = 100 * have // self.total if self.total else 100
-        self.note(f"download: total {pct}% {human(have)}/{human(self.total)}{speed}, {in_flight} file(s) in flight")
+        self.note(f"{self.verb}: total {pct}% {human(have)}/{human(self.total)}{speed}, {in_flight} file(s) in flight")
 
     def close(self) -> None:
         if self.bars is not None:
