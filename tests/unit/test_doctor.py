@@ -1,0 +1,131 @@
+"""doctor's checks against real states where they can be made here: a port held by this process, a tiny tmpfs as the
+data root, compose missing (an empty DOCKER_CONFIG, so docker finds no plugin) and docker missing from PATH. The
+NVIDIA branches take a stand-in NVML result (no GPU here): the driver against the image's CUDA, the toolkit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.doctor import checks
+from builder.doctor.checks import Nvml, Target
+from builder.doctor.target import image_cuda, one_line, shm_bytes
+
+GB = 1000**3
+
+
+def test_a_port_held_by_a_process_fails_and_a_free_one_passes():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        c = checks.check_ports(Target(docker=None, ports=(("127.0.0.1", port),)))
+        assert c.status == "fail" and f"127.0.0.1:{port} (in use)" in c.detail and "--port" in c.fix
+    assert checks.check_ports(Target(docker=None, ports=(("127.0.0.1", port),))).status == "ok"
+
+
+@pytest.mark.parametrize("small_volume", ["4m"], indirect=True)
+def test_the_disk_check_measures_the_data_root_it_is_given(small_volume: Path):
+    """A 4 MiB tmpfs as the data root: too small for any model, enough for one that is smaller."""
+    small = checks.check_disk(Target(docker=None, model="r1-distill-qwen-1.5b", model_bytes=1 * GB, data_root=small_volume), None)
+    assert small.status == "fail" and "4.0 MiB free in" in small.detail and "needs about 1 GB" in small.detail, small
+    fits = checks.check_disk(Target(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None)
+    assert fits.status == "ok", fits
+    (small_volume / "fill").write_bytes(b"\0" * 3_500_000)  # the free space is read now, not remembered
+    assert checks.check_disk(Target(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None).status == "fail"
+
+
+def test_disk_without_a_daemon_or_a_readable_root_is_skipped_with_the_reason(tmp_path: Path):
+    assert checks.check_disk(Target(docker=None), None).status == "skip"
+    missing = checks.check_disk(Target(docker=None, data_root=tmp_path / "none"), None)
+    assert missing.status == "skip" and "--data-root" in missing.detail
+
+
+NVML_OLD = Nvml(driver="535.104.05", cuda=(12, 2), gpus=("NVIDIA H100 80GB HBM3",))  # stand-in: R535 supports CUDA 12.2
+
+
+@pytest.mark.parametrize(("nvml", "cuda", "status"), [
+    (NVML_OLD, "13.0", "fail"),  # a new major version: the driver is too old
+    (NVML_OLD, "12.9.1", "warn"),  # same major: minor version compatibility only
+    (Nvml(driver="580.65", cuda=(13, 0), gpus=("NVIDIA H100 80GB HBM3",) * 2), "13.0", "ok"),
+    (Nvml(error="no NVIDIA driver answered (NVML Shared Library Not Found)"), "13.0", "skip"),
+])
+def test_the_driver_is_compared_with_the_images_cuda(nvml: Nvml, cuda: str, status: str):
+    c = checks.check_driver(Target(docker=None, engine="vllm", gpu=True, image_cuda=cuda), nvml)
+    assert c.status == status, c
+    if status == "fail":
+        assert "supports CUDA 12.2" in c.detail and "CUDA 13.0" in c.detail and "update the NVIDIA driver" in c.fix
+
+
+def test_the_images_cuda_comes_from_the_image_catalog():
+    assert image_cuda("vllm") == "13.0"  # images/vllm/image.yaml: option cuda, default
+    assert image_cuda("llamacpp") == "12.9.1"  # llamacpp-cuda's cuda_version default, the stack's -cu12 tag
+    assert image_cuda("ollama") is None  # upstream's image
+
+
+def test_the_toolkit_needs_the_nvidia_runtime_or_a_cdi_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    gpu = Target(docker=None, gpu=True)
+    assert checks.check_toolkit(gpu, NVML_OLD, {"Runtimes": {"runc": {}, "nvidia": {}}}).status == "ok"
+    monkeypatch.setattr(checks, "CDI_DIRS", (tmp_path,))
+    assert checks.check_toolkit(gpu, NVML_OLD, {"Runtimes": {"runc": {}}}).status == "fail"
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
+    assert checks.cdi_specs((tmp_path,)) == [tmp_path / "nvidia.yaml"]
+    assert checks.check_toolkit(Target(docker=None, gpu=False), NVML_OLD, None).status == "skip"
+
+
+def test_shm_and_numa_and_memlock(tmp_path: Path):
+    assert shm_bytes("16g") == 16 * 1024**3 and shm_bytes("512m") == 512 * 1024**2 and shm_bytes("lots") is None
+    assert checks.check_shm(Target(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=8 * 1024**3).status == "fail"
+    assert checks.check_shm(Target(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=64 * 1024**3).status == "ok"
+    assert checks.check_shm(Target(docker=None, engine="llamacpp"), ram=1).status == "skip"
+    assert checks.check_numa(Target(docker=None, engine="ktransformers"), 2).status == "warn"
+    assert checks.check_numa(Target(docker=None, engine="llamacpp"), 2).status == "ok"
+    assert checks.check_memlock(tmp_path / "no-infiniband").status == "skip"
+    (tmp_path / "ib" / "mlx5_0").mkdir(parents=True)
+    assert checks.check_memlock(tmp_path / "ib").status in ("ok", "warn")
+
+
+def test_a_checks_text_is_one_plain_line():
+    assert one_line("a\nb\x1b[2Jc\u2028d") == "a b?[2Jc d"
+
+
+def doctor(env: dict[str, str], *args: str) -> tuple[int, dict]:
+    done = subprocess.run(["builder", "doctor", "--json", "--offline", "--cpu", "r1-distill-qwen-1.5b", *args], env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+
+
+@pytest.mark.docker
+def test_doctor_with_compose_missing_and_docker_missing(tmp_path: Path):
+    """The real docker CLI with no compose plugin where it looks (an empty DOCKER_CONFIG), then no docker on PATH."""
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    status, found = doctor(env)
+    assert status == 1 and found["docker"]["status"] == "ok", found
+    assert found["compose"]["status"] == "fail" and "compose v2" in found["compose"]["detail"] and "docker-compose-plugin" in found["compose"]["fix"]
+    assert found["nvidia-driver"]["status"] == "skip" and found["hub"]["status"] == "skip"
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("python3",):
+        (bare / tool).symlink_to(Path(os.path.realpath(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())))
+    status, found = doctor({**env, "PATH": f"{Path(os.environ['VIRTUAL_ENV'] if 'VIRTUAL_ENV' in os.environ else '.venv').resolve()}/bin:{bare}"})
+    assert status == 1 and found["docker"]["status"] == "fail" and found["docker"]["detail"] == "no docker command on PATH", found
+    assert found["disk"]["status"] == "skip" and found["compose"]["status"] == "fail"
+
+
+@pytest.mark.docker
+def test_doctor_up_refuses_a_busy_port_in_one_line(tmp_path: Path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        status, found = doctor(dict(os.environ), "--port", str(port))
+        assert status == 1 and found["ports"]["status"] == "fail"
+        env_file = tmp_path / ".env"
+        up = subprocess.run(["builder", "up", "r1-distill-qwen-1.5b", "--cpu", "--yes", "--port", str(port), "--env-file", str(env_file)],
+                            env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 2 and f"error: doctor: ports: cannot publish on 127.0.0.1:{port} (in use)" in up.stderr, up.stderr
+    assert not env_file.exists(), "nothing written before the refusal"
