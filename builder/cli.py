@@ -7,6 +7,7 @@ import sys
 import click
 
 import builder.bench.commands
+import builder.bundle.commands
 import builder.cluster.commands
 import builder.images.commands
 import builder.models.commands
@@ -20,7 +21,7 @@ def main() -> None:
 
 
 for domain in (builder.images.commands, builder.models.commands, builder.plan.commands, builder.bench.commands,
-               builder.cluster.commands):
+               builder.cluster.commands, builder.bundle.commands):
     for command in domain.COMMANDS:
         main.add_command(command)
 
