@@ -12,8 +12,8 @@ entrypoint's CPU probe loads that model (see entrypoint.sh). The tests import it
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import gguf
@@ -176,8 +176,21 @@ R1 = Deepseek2(n_embd=7168, n_layer=61, n_dense_lead=3, n_head=128, q_lora_rank=
                qk_nope_dim=128, v_head_dim=128, n_ff=18432, n_ff_exp=2048, n_expert=256, n_expert_used=8, n_ctx=163840)
 
 
-def deepseek2_writer(path: Path, d: Deepseek2, n_vocab: int, file_type: int, split_max_tensors: int = 0) -> gguf.GGUFWriter:
-    """A writer with a `deepseek2` header, as llama.cpp's converter writes DeepSeek-R1's, and its vocabulary."""
+# DeepSeek-R1's own chat template, as the `chat_template` of deepseek-ai/DeepSeek-R1's tokenizer_config.json since
+# its February 2025 revision (https://huggingface.co/deepseek-ai/DeepSeek-R1/blob/main/tokenizer_config.json; the
+# text here was taken, JSON-decoded, from a public copy of that file found with the project's code search, and its
+# opening matches the mirror at git.xinyun.cn/xinyun/DeepSeek-R1, tokenizer_config.json of 2025-02-09). The
+# generation prompt ends in `<｜Assistant｜><think>\n`: every answer starts inside a thinking block, so what a
+# random-weights model writes is reasoning until it closes the block (it never does). An earlier answer's
+# `...</think>` part is cut off before it goes back into the prompt. R1-0528's template no longer opens the block (the
+# model writes `<think>` itself): docs/reasoning.md.
+R1_CHAT_TEMPLATE = r"""{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- set ns.is_first = true -%}{%- else %}{{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\n'}}{% endif %}"""
+
+
+def deepseek2_writer(path: Path, d: Deepseek2, n_vocab: int, file_type: int, split_max_tensors: int = 0,
+                     chat_template: str | None = None) -> gguf.GGUFWriter:
+    """A writer with a `deepseek2` header, as llama.cpp's converter writes DeepSeek-R1's, and its vocabulary;
+    `chat_template` becomes tokenizer.chat_template, which llama-server renders with --jinja."""
     tokens, scores, types = vocabulary(n_vocab)
     # MLA: one latent KV "head" shared by all heads.
     w = _writer(path, "deepseek2", split_max_tensors, n_ctx=d.n_ctx, n_embd=d.n_embd, n_layer=d.n_layer, n_ff=d.n_ff,
@@ -200,6 +213,8 @@ def deepseek2_writer(path: Path, d: Deepseek2, n_vocab: int, file_type: int, spl
     w.add_rope_dimension_count(d.qk_rope_dim)
     w.add_file_type(file_type)
     _add_vocabulary(w, tokens, scores, types)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     return w
 
 
@@ -240,13 +255,14 @@ def deepseek2_tensors(d: Deepseek2, n_vocab: int) -> Iterator[tuple[str, tuple[i
 
 
 def write_tiny_deepseek2(path: Path, dims: Deepseek2 = Deepseek2(), *, n_vocab: int = 0, quant: str = "f32", seed: int = 0,
-                         split_max_tensors: int = 0) -> Path:
+                         split_max_tensors: int = 0, chat_template: str | None = None) -> Path:
     """A `deepseek2` GGUF of `dims` with random weights: DeepSeek-R1's layout (MLA with the split k_b/v_b tensors,
     leading dense blocks, then MoE blocks with sigmoid gating, a routing bias and shared experts), small.
-    `quant` is one of QUANTS; k-quants come from llama-quantize."""
+    `quant` is one of QUANTS; k-quants come from llama-quantize. `chat_template` (e.g. R1_CHAT_TEMPLATE) goes into
+    the metadata as the converter writes a real model's."""
     rng = np.random.default_rng(seed)
     n_vocab = len(vocabulary(n_vocab)[0])
-    w = deepseek2_writer(path, dims, n_vocab, FILE_TYPES[quant], split_max_tensors)
+    w = deepseek2_writer(path, dims, n_vocab, FILE_TYPES[quant], split_max_tensors, chat_template)
     weight = _weight_writer(w, rng, quant)
     for name, shape, kind in deepseek2_tensors(dims, n_vocab):
         if kind == "norm":

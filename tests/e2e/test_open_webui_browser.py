@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
 from python_on_whales import Container, DockerClient
-
 from support import browser
+from support.containers import wait_until_container_healthy
 from support.http import LOOPBACK_ANY_PORT, published_url, wait_until_healthy
 from support.open_webui import get_json, model_ids, newest_chat_messages, sign_in
 from support.prerequisites import REPO
@@ -29,17 +28,6 @@ MODEL = "tiny-llama"  # llama-server's --alias: the model id Open WebUI lists
 ADMIN = {"name": "Ada Admin", "email": "admin@example.com", "password": "correct-horse-battery"}
 PROMPT = "Count from one to ten in French"
 SCREENSHOT = REPO / "docs" / "screenshots" / "open-webui-chat.png"
-
-
-def wait_until_container_healthy(container: Container, timeout: float = 120) -> None:
-    """Poll the image's own HEALTHCHECK: the engine's port is not published, so the host cannot ask it."""
-    deadline = time.monotonic() + timeout
-    container.reload()
-    while container.state.health is None or container.state.health.status != "healthy":
-        assert container.state.running, f"{container.name} exited: {container.state}"
-        assert time.monotonic() < deadline, f"{container.name} not healthy after {timeout}s: {container.state.health}"
-        time.sleep(1)
-        container.reload()
 
 
 @pytest.fixture(scope="module")
