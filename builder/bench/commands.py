@@ -16,6 +16,7 @@ from builder.bench.measure import (
     LoadSettings,
     base_url,
     check_requests,
+    http_url,
     parse_concurrency,
     plot,
     read_api_key,
@@ -42,13 +43,15 @@ from builder.images import runtime
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds one request may take, from sending it to its last token.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="Also write the results (with every request) as JSON.")
+@click.option("--prometheus", "prometheus_url", metavar="URL", help="Also record the engine's own gauges (requests running and waiting, KV-cache usage) over each level from the Prometheus that scrapes it, e.g. http://127.0.0.1:9090 (stacks/monitoring.yml).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH.png", help="Also plot throughput and latency against concurrency.")
 def bench_command(url: str, model: str | None, concurrency: str, requests: int | None, prompt_tokens: int, max_tokens: int,
                   api: Api, ignore_eos: bool, api_key_file: Path | None, timeout: float, seed: int, json_path: Path | None,
-                  plot_path: Path | None) -> None:
+                  prometheus_url: str | None, plot_path: Path | None) -> None:
     """Load-test the OpenAI-compatible server at URL: per concurrency level, requests/s, output tokens/s, time to first
     token and inter-token latency (p50, p99), errors; a Markdown table on stdout."""
     levels = parse_concurrency(concurrency)
+    prometheus = None if prometheus_url is None else http_url(prometheus_url, "--prometheus", "Prometheus's address, e.g. http://127.0.0.1:9090")
     check_requests(requests, levels)
     json_target = output_target(json_path, "--json")
     plot_target = output_target(plot_path, "--plot")
@@ -59,7 +62,7 @@ def bench_command(url: str, model: str | None, concurrency: str, requests: int |
     settings = LoadSettings(url=base_url(url), model=model, concurrency=levels, requests=requests, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, api=api, ignore_eos=ignore_eos,
                         api_key=read_api_key(api_key_file) if api_key_file else None, timeout=timeout, seed=seed,
-                            token_counters=runtime.output_token_counters())
+                            token_counters=runtime.output_token_counters(), prometheus=prometheus, gauges=runtime.gauges())
     progress = CountProgress("bench")
     try:
         result = asyncio.run(run(settings, progress))

@@ -14,10 +14,11 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import httpx2
 
+from builder.bench.prometheus import Gauge, Prometheus, Recording, Window, record
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write
 from builder.core.progress import CountProgress
@@ -62,6 +63,10 @@ class LoadSettings:
     seed: int = 0
     # The engines' output-token counters in /metrics (images/*/runtime.yaml `metrics.output_tokens`).
     token_counters: tuple[str, ...] = ()
+    # --prometheus: the Prometheus that scrapes the engine, and the gauges read there per level (what -> each engine's
+    # name for it, images/*/runtime.yaml `metrics`).
+    prometheus: str | None = None
+    gauges: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(REQUESTS_MIN, REQUESTS_PER_SLOT * concurrency)
@@ -151,6 +156,10 @@ class Level:
     # Output tokens by the engine's own /metrics counter over the level (LoadSettings.token_counters); None where it has none.
     engine_output_tokens: int | None = None
     engine_output_problem: str = ""  # why engine_output_tokens is None where the engine does have a counter
+    # --prometheus: the engine's gauges over the level (its Unix-time window), or why there are none.
+    window: Window | None = None
+    engine_gauges: tuple[Gauge, ...] = ()
+    engine_gauges_problem: str = ""
 
 
 def summarize(concurrency: int, samples: list[Sample]) -> Level:
@@ -188,21 +197,27 @@ def summarize(concurrency: int, samples: list[Sample]) -> Level:
 # --- input --------------------------------------------------------------------------------------------------------
 
 
-def base_url(url: str) -> str:
-    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole. Checked
-    whole before any request: a port the socket layer cannot take (99999) ended in a traceback at the first connect."""
-    plain(url, "URL")
+def http_url(url: str, what: str, expected: str) -> str:
+    """An http(s)://HOST[:PORT][/PREFIX] URL without its trailing slash, checked whole before any request: a port the
+    socket layer cannot take (99999) ended in a traceback at the first connect. `what` names the argument, `expected`
+    says what to give instead."""
+    plain(url, what)
     try:
         u = httpx2.URL(url)
     except (httpx2.InvalidURL, TypeError, ValueError):
         u = None
     if u is None or u.scheme not in ("http", "https") or not u.host:
-        raise UserError(f"URL {shown(url)} is not an http(s) URL: give the server's address, e.g. http://127.0.0.1:8080")
+        raise UserError(f"{what} {shown(url)} is not an http(s) URL: give {expected}")
     if u.port is not None and not 1 <= u.port <= PORT_MAX:
-        raise UserError(f"URL {shown(url)}: port {u.port} is out of range (1 to {PORT_MAX})")
+        raise UserError(f"{what} {shown(url)}: port {u.port} is out of range (1 to {PORT_MAX})")
     if u.query or u.fragment:  # the request paths are appended to the URL: a query would end up in front of them
-        raise UserError(f"URL {shown(url)} takes no query or fragment (?... or #...): give the server's address, e.g. http://127.0.0.1:8080")
-    text = str(u).rstrip("/")
+        raise UserError(f"{what} {shown(url)} takes no query or fragment (?... or #...): give {expected}")
+    return str(u).rstrip("/")
+
+
+def base_url(url: str) -> str:
+    """http(s)://HOST[:PORT][/PREFIX]: the user may give it, its /v1, or an endpoint under /v1 pasted whole."""
+    text = http_url(url, "URL", "the server's address, e.g. http://127.0.0.1:8080")
     for tail in ("/v1/chat/completions", "/v1/completions", "/v1"):
         if text.endswith(tail):
             return text[: -len(tail)]
@@ -601,24 +616,43 @@ async def run(s: LoadSettings, progress: CountProgress) -> Result:
     timeout = httpx2.Timeout(s.timeout, connect=10.0)
     async with httpx2.AsyncClient(base_url=s.url, headers=headers, limits=limits, timeout=timeout) as client:
         model = await pick_model(client, s)
+        if s.prometheus:
+            async with Prometheus(s.prometheus) as prometheus:
+                await prometheus.check(time.time())
         cal = await calibrate(client, s, model)
         levels = []
         first = 0
         for c in s.concurrency:
             wait = min(s.timeout, METRICS_TIMEOUT)
             before = await engine_tokens(client, s.token_counters, wait)
+            started = time.time()
             samples = await run_level(client, s, model, cal.words, c, first, progress)
+            window = Window(started, time.time())
             after = await engine_tokens(client, s.token_counters, wait)
             first += len(samples)
             counted = tokens_between(before, after)
             level = dataclasses.replace(summarize(c, samples),
                                         engine_output_tokens=None if counted.tokens is None else round(counted.tokens),
-                                        engine_output_problem=counted.problem)
+                                        engine_output_problem=counted.problem, window=window)
             progress.done(line(level))
             levels.append(level)
     if all(level.errors == level.requests for level in levels):
         raise UserError(f"every request failed, e.g. {levels[0].first_error}")
+    if s.prometheus:
+        levels = await with_gauges(s.prometheus, s.gauges, levels)
     return Result(s, model, cal, tuple(levels))
+
+
+async def with_gauges(url: str, gauges: Mapping[str, tuple[str, ...]], levels: list[Level]) -> list[Level]:
+    """The levels with the engine's gauges over each one's window, read once the last level ended: a query at a
+    window's end sees what Prometheus scraped up to then."""
+    out = []
+    async with Prometheus(url) as prometheus:
+        for level in levels:
+            assert level.window is not None
+            got: Recording = await record(prometheus, gauges, level.window)
+            out.append(dataclasses.replace(level, engine_gauges=got.gauges, engine_gauges_problem=got.problem))
+    return out
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
@@ -670,7 +704,36 @@ def table(result: Result) -> str:
     errors = [f"concurrency {lv.concurrency}: {lv.first_error}" for lv in result.levels if lv.errors]
     if errors:
         notes.append("First error per level: " + "; ".join(errors) + ".")
-    return "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n" + gauge_table(result)
+
+
+GAUGE_HEADS = {"requests_running": "requests running", "requests_waiting": "requests waiting", "kv_cache_usage": "KV cache used %"}
+
+
+def gauge_table(result: Result) -> str:
+    """--prometheus: the engine's gauges per level, mean and max, as a second table (empty without --prometheus)."""
+    if not result.settings.prometheus:
+        return ""
+    seen = {g.name: g.metric for lv in result.levels for g in lv.engine_gauges}
+    names = [n for n in GAUGE_HEADS if n in seen]
+    out = ""
+    if names:
+        head = ["concurrency"] + [f"{GAUGE_HEADS[n]} {q}" for n in names for q in ("mean", "max")]
+        rows = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+        for lv in result.levels:
+            got = {g.name: g for g in lv.engine_gauges}
+            cells = [str(lv.concurrency)]
+            for n in names:
+                scale = 100 if n == "kv_cache_usage" else 1
+                g = got.get(n)
+                cells += ["-", "-"] if g is None else [f"{g.mean * scale:.2f}", f"{g.max * scale:.2f}"]
+            rows.append("| " + " | ".join(cells) + " |")
+        out = ("\n" + "\n".join(rows) + "\n\nThe engine's own gauges over each level, from the Prometheus at "
+               f"{result.settings.prometheus} ({', '.join(seen[n] for n in names)}).\n")
+    problems = list(dict.fromkeys(lv.engine_gauges_problem for lv in result.levels if lv.engine_gauges_problem))
+    if problems:
+        out += "\nThe engine's gauges from Prometheus are missing: " + "; ".join(problems) + ".\n"
+    return out
 
 
 def _stat(st: Stat | None) -> dict[str, Any] | None:
@@ -687,7 +750,10 @@ def to_json(result: Result) -> dict[str, Any]:
         "units": "seconds; rates per second",
         "levels": [
             {
-                **{f.name: getattr(lv, f.name) for f in dataclasses.fields(lv) if f.name not in ("samples",) and not isinstance(getattr(lv, f.name), Stat)},
+                **{f.name: getattr(lv, f.name) for f in dataclasses.fields(lv)
+                   if f.name not in ("samples", "window", "engine_gauges") and not isinstance(getattr(lv, f.name), Stat)},
+                "window": None if lv.window is None else dataclasses.asdict(lv.window),
+                "engine_gauges": [dataclasses.asdict(g) for g in lv.engine_gauges],
                 **{name: _stat(getattr(lv, name)) for name in ("ttft", "itl", "tpot", "e2e", "engine_prompt_time")},
                 "requests_detail": [
                     {"start": x.start, "end": x.end, "ttft": x.ttft, "decode_time": x.decode_time, "output_tokens": x.output_tokens,

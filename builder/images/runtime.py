@@ -16,6 +16,8 @@ from builder.core.paths import images_dir
 
 FILE = "runtime.yaml"
 KEYS = {"port", "health", "api_key_file", "metrics", "settings"}
+# The gauges in `metrics` that `builder bench --prometheus` records over each level, as the report names them.
+GAUGES = ("requests_running", "requests_waiting", "kv_cache_usage")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,12 @@ def load(engine: str, images: Path | None = None) -> Runtime:
 def load_all(images: Path | None = None) -> dict[str, Runtime]:
     folder = images or images_dir()
     return {p.parent.name: _parse(p.parent.name, yaml.safe_load(p.read_text()), p) for p in sorted(folder.glob(f"*/{FILE}"))}
+
+
+def gauges(images: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """Each gauge `builder bench --prometheus` records (GAUGES) with every engine's name for it, where it has one."""
+    runtimes = load_all(images).values()
+    return {what: tuple(r.metrics[what] for r in runtimes if what in r.metrics) for what in GAUGES}
 
 
 def output_token_counters(images: Path | None = None) -> tuple[str, ...]:
