@@ -1,0 +1,1 @@
+"""`builder doctor`: is this host ready for the stack `builder up` would bring up?"""

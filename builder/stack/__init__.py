@@ -1,0 +1,1 @@
+"""`builder up`, `status`, `down`: the stack for this machine, through docker compose."""
