@@ -82,6 +82,17 @@ def update(path: Path, values: Mapping[str, str]) -> list[Change]:
     return changes
 
 
+def read_values(path: Path) -> dict[str, str]:
+    """Each key's value in the env file as compose reads it (its last assignment); a key whose value depends on
+    interpolation or an escape is left out. A missing or unreadable file has none."""
+    try:
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError:
+        return {}
+    values = {a.key: _value_of(text[a.value_start:a.value_end], a.quote) for a in assignments(text)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def assignments(text: str) -> list[Assignment]:
     """The assignments of an env file in order, found as compose-go's dotenv parser finds them: a statement starts at
     any non-blank character (so `A="x" B=2` is two), a quoted value may span lines, `#` starts a comment only where a
