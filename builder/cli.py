@@ -9,9 +9,11 @@ import click
 import builder.bench.commands
 import builder.bundle.commands
 import builder.cluster.commands
+import builder.doctor.commands
 import builder.images.commands
 import builder.models.commands
 import builder.plan.commands
+import builder.stack.commands
 from builder.core.command import Command
 
 
@@ -21,7 +23,7 @@ def main() -> None:
 
 
 for domain in (builder.images.commands, builder.models.commands, builder.plan.commands, builder.bench.commands,
-               builder.cluster.commands, builder.bundle.commands):
+               builder.cluster.commands, builder.doctor.commands, builder.stack.commands, builder.bundle.commands):
     for command in domain.COMMANDS:
         main.add_command(command)
 

@@ -38,6 +38,8 @@ BASE: dict[str, list[str]] = {
     "check-index": ["{tmp}/index.json", "--platforms", "linux/amd64"],
     "check-pulls": ["{tmp}/answers"],
     "digests": ["{tmp}", "--image", "ghcr.io/r1kit/x", "--platforms", "linux/amd64"],
+    "doctor": ["--cpu", "--offline", "--data-root", "{tmp}"],
+    "down": [],
     "download": ["r1-distill-qwen-1.5b", "--dry-run", "--dest", "{tmp}/models"],
     "list": [],
     "matrix": ["--job", "build"],
@@ -49,8 +51,10 @@ BASE: dict[str, list[str]] = {
     "slurm": ["4x4-h100", "--dry-run"],
     "stack-images": [],
     "stage": ["llamacpp-cpu", "-o", "{tmp}/context"],
+    "status": [],
     "sync": ["--check"],
     "tags": ["llamacpp-cpu"],
+    "up": ["r1-distill-qwen-1.5b", "--cpu", "--env-file", "{tmp}/.env"],  # no --yes and no terminal: refused before Docker
 }
 
 
