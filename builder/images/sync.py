@@ -7,11 +7,11 @@ their published variants. From it come:
 - the default image references in stacks/*.yml and stacks/.env.example: every `${R1KIT_REGISTRY...}/<target>:<tag>`
   whose <target> is in the catalog gets the target's versioned tag. Only the tag after the colon is rewritten; the
   rest of those hand-written files is never touched;
-- the README's table of published tags, between the two SYNC_BEGIN/SYNC_END marker lines, its quotes of the
-  stacks' default references (the same rule), and its examples' references to the default registry
-  (`ghcr.io/r1kit/<target>:<tag>` in `docker run`, `docker pull`, cosign and attestation commands): a versioned tag
-  of a published variant, with or without a release's suffix, gets that variant's versioned tag now; an alias,
-  `latest` and a commit's tag are left as they are.
+- in README.md and every docs/*.md page: the table of published tags, between the two SYNC_BEGIN/SYNC_END marker
+  lines (docs/publishing.md), the quotes of the stacks' default references (the same rule), and the examples'
+  references to the default registry (`ghcr.io/r1kit/<target>:<tag>` in `docker run`, `docker pull`, cosign and
+  attestation commands): a versioned tag of a published variant, with or without a release's suffix, gets that
+  variant's versioned tag now; an alias, `latest` and a commit's tag are left as they are.
 `builder sync --check` reports what differs and writes nothing (a unit test and the bump workflow run it), as
 docker-library's apply-templates.sh and its verify job do.
 """
@@ -32,7 +32,7 @@ from builder.images.tags import DEFAULT_REGISTRY, DEFAULT_VARIANT, tags, variant
 # `${R1KIT_REGISTRY:-ghcr.io/r1kit}/llamacpp-cuda:<version>-cu12` (stacks) and `${R1KIT_REGISTRY}/llamacpp-cpu:<version>`
 # (.env.example): the target, and the tag that sync owns.
 REFERENCE = re.compile(r"(?P<head>\$\{R1KIT_REGISTRY(?::-[^}]*)?\}/(?P<target>[a-z0-9][a-z0-9-]*):)(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*)")
-# `ghcr.io/r1kit/llamacpp-cuda:<version>-cu12` as the README's commands quote it.
+# `ghcr.io/r1kit/llamacpp-cuda:<version>-cu12` as the docs' commands quote it.
 QUOTED = re.compile(rf"(?P<head>\b{re.escape(DEFAULT_REGISTRY)}/(?P<target>[a-z0-9][a-z0-9-]*):)(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*)")
 SYNC_BEGIN = "<!-- builder sync: published tags, generated from images/*/image.yaml; edit those and run `builder sync` -->"
 SYNC_END = "<!-- end of builder sync: published tags -->"
@@ -92,7 +92,7 @@ def rewrite_quotes(text: str, catalog: ImageCatalog) -> str:
 def tag_table(catalog: ImageCatalog) -> str:
     rows = ["| image | tags | options | platforms |", "| --- | --- | --- | --- |"]
     for target in catalog.targets.values():
-        image = f"`{DEFAULT_REGISTRY}/{target.name}`"  # not $BUILDER_REGISTRY: the README is the same for everyone
+        image = f"`{DEFAULT_REGISTRY}/{target.name}`"  # not $BUILDER_REGISTRY: the docs are the same for everyone
         for i, v in enumerate(variants(target)):
             defaults = target.resolve({})
             changed = {k: val for k, val in target.resolve(v.settings).items() if defaults[k] != val}
@@ -102,10 +102,10 @@ def tag_table(catalog: ImageCatalog) -> str:
     return "\n".join(rows) + "\n"
 
 
-def rewrite_readme(text: str, catalog: ImageCatalog) -> str:
+def rewrite_table(text: str, catalog: ImageCatalog) -> str:
     begin, end = text.find(SYNC_BEGIN), text.find(SYNC_END)
     if begin < 0 or end < begin:
-        return text  # a README without the markers has no generated region
+        return text  # a page without the markers has no generated region
     start = begin + len(SYNC_BEGIN) + 1
     return text[:start] + tag_table(catalog) + text[end:]
 
@@ -114,6 +114,11 @@ def stack_files(root: Path) -> list[Path]:
     """Every file that names the stacks' default images: stacks/*.yml, stacks/shared/*.yml, stacks/.env.example."""
     stacks = root / "stacks"
     return [p for p in [*sorted(stacks.rglob("*.yml")), stacks / ".env.example"] if p.is_file()]
+
+
+def doc_pages(root: Path) -> list[Path]:
+    """Every page that may quote the images: README.md and docs/*.md (a page added there is covered with no edit)."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
 
 
 def expected(root: Path, catalog: ImageCatalog) -> list[Generated]:
@@ -126,11 +131,10 @@ def expected(root: Path, catalog: ImageCatalog) -> list[Generated]:
             out.append(Generated(path, None))
     for path in stack_files(root):
         out.append(Generated(path, rewrite_references(path.read_text(), catalog)))
-    readme = root / "README.md"
-    if readme.is_file():
-        # The README's default references (the stacks' defaults, quoted) follow the same rule.
-        text = rewrite_quotes(rewrite_references(readme.read_text(), catalog), catalog)
-        out.append(Generated(readme, rewrite_readme(text, catalog)))
+    for page in doc_pages(root):
+        # The docs' default references (the stacks' defaults, quoted) follow the same rule.
+        text = rewrite_quotes(rewrite_references(page.read_text(), catalog), catalog)
+        out.append(Generated(page, rewrite_table(text, catalog)))
     return out
 
 

@@ -2,7 +2,7 @@
 writes a fake digest artifact named as the workflow names it; each merge downloads with its pattern under
 minimatch semantics (wcmatch), runs its own step script against a stand-in `docker`, and must write exactly the
 tags `builder tags` prints, into an index holding exactly the variant's platforms. Also: the publish gate, the
-README's cosign identity and its tables against what a run would publish."""
+publishing page's (docs/publishing.md) cosign identity and its tables against what a run would publish."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from builder.images import workflow as ci
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / ".github" / "workflows" / "images.yml"
-README = (REPO / "README.md").read_text()
+PUBLISHING = (REPO / "docs" / "publishing.md").read_text()
 SHA = "0123456789abcdef0123456789abcdef01234567"
 BIN = Path(sys.executable).parent
 # download-artifact filters artifact names with `new Minimatch(pattern)` and its defaults: braces and extglobs
@@ -289,9 +289,9 @@ def test_every_merge_pattern_collects_exactly_its_variants_platforms(tmp_path: P
         assert sorted(r["platform"] for r in matched) == sorted(row["platforms"].split(","))
 
 
-def test_the_readme_says_how_bump_pull_requests_get_their_checks():
+def test_the_publishing_page_says_how_bump_pull_requests_get_their_checks():
     """Defect 3: a pull request opened with GITHUB_TOKEN starts no workflow runs."""
-    section = README[README.index("## Prebuilt images"):README.index("## What was not run here")]
+    section = PUBLISHING[PUBLISHING.index("## Prebuilt images"):PUBLISHING.index("## Publish from your fork")]
     assert "actions/create-github-app-token" in section and "GITHUB_TOKEN" in section
 
 
@@ -556,14 +556,14 @@ def test_nothing_logs_in_or_pushes_unless_the_gate_says_publish():
 
 
 def identities() -> list[re.Pattern]:
-    found = re.findall(r"--certificate-identity-regexp '([^']+)'", README)
+    found = re.findall(r"--certificate-identity-regexp '([^']+)'", PUBLISHING)
     assert len(found) >= 2
     return [re.compile(r) for r in found]
 
 
 @pytest.mark.parametrize(("event", "ref", "publish", "release", "sha"), GATE)
-def test_the_readme_cosign_identity_accepts_exactly_the_refs_that_publish(event, ref, publish, release, sha):
-    """Defect 4: what is signed is images.yml@<ref>; the README's every regex must accept it iff the gate publishes."""
+def test_the_published_cosign_identity_accepts_exactly_the_refs_that_publish(event, ref, publish, release, sha):
+    """Defect 4: what is signed is images.yml@<ref>; the publishing page's every regex must accept it iff the gate publishes."""
     if event == "pull_request":
         return  # pull requests are not signed at all
     identity = f"https://github.com/r1kit/r1kit/.github/workflows/images.yml@{ref}"
@@ -627,22 +627,22 @@ def test_runs_of_one_ref_queue_and_main_runs_are_never_cancelled():
     assert concurrency["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
 
 
-# --- the README against what a run publishes ----------------------------------------------------------------------
+# --- the publishing page against what a run publishes ------------------------------------------------------------
 
 
-def readme_table(begin: str) -> list[list[str]]:
-    start = README.index(begin)
+def page_table(begin: str) -> list[list[str]]:
+    start = PUBLISHING.index(begin)
     rows = []
-    for line in README[start:].splitlines()[1:]:
+    for line in PUBLISHING[start:].splitlines()[1:]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
     return [r for r in rows[2:]]
 
 
-def test_the_readme_tag_table_is_what_a_main_run_publishes(tmp_path: Path):
+def test_the_tag_table_is_what_a_main_run_publishes(tmp_path: Path):
     run = plan(tmp_path, "schedule", "refs/heads/main")
-    rows = readme_table("<!-- builder sync: published tags")
+    rows = page_table("<!-- builder sync: published tags")
     image = None
     documented = []
     for cells in rows:
@@ -656,8 +656,8 @@ def test_the_readme_tag_table_is_what_a_main_run_publishes(tmp_path: Path):
     assert documented == expected
 
 
-def test_the_readme_release_and_commit_table_is_what_those_runs_publish(tmp_path: Path):
-    rows = readme_table("<!-- published per commit and per release")
+def test_the_release_and_commit_table_is_what_those_runs_publish(tmp_path: Path):
+    rows = page_table("<!-- published per commit and per release")
     main = plan(tmp_path / "a", "push", "refs/heads/main")["merge"]
     release = plan(tmp_path / "b", "push", "refs/tags/v0.1.0")["merge"]
     cat = catalog.load()

@@ -57,8 +57,8 @@ def test_the_reference_rule_rewrites_only_the_tag_of_catalog_targets():
     ]
 
 
-def test_the_readme_quote_rule_moves_versioned_tags_only():
-    """The README's commands quote `ghcr.io/r1kit/<target>:<tag>`: a published variant's versioned tag (a release's
+def test_the_docs_quote_rule_moves_versioned_tags_only():
+    """The docs' commands quote `ghcr.io/r1kit/<target>:<tag>`: a published variant's versioned tag (a release's
     too) follows the pin; aliases, `latest`, a commit's tag, placeholders and other registries are left alone."""
     cat = catalog.load()
     cpu, cuda = cat.get("llamacpp-cpu"), cat.get("llamacpp-cuda")
@@ -80,8 +80,16 @@ def test_check_names_what_is_stale_and_sync_repairs_it_alone(tmp_path: Path):
     stack.write_text(stack.read_text().replace("/llamacpp-cpu:", "/llamacpp-cpu:b1-", 1))
     render = root / "images" / "llamacpp" / "llamacpp-cpu.Dockerfile"
     render.write_text(render.read_text() + "# hand edit\n")
+    # The docs pages: a quoted tag in one (docs/builder.md's `docker run`), the generated table in another.
+    version = catalog.load().pins["llamacpp"].version
+    page = root / "docs" / "builder.md"
+    page.write_text(page.read_text().replace(f"/llamacpp-cuda:{version}-cu12", "/llamacpp-cuda:b1-cu12", 1))
+    table = root / "docs" / "publishing.md"
+    table.write_text(re.sub(r"(?m)^\| `ghcr.io/r1kit/model-init` .*\n", "", table.read_text(), count=1))
     line = one_line_error(builder("sync", "--check", root=root), status=1)
-    assert "stacks/llamacpp-cpu.yml" in line and "images/llamacpp/llamacpp-cpu.Dockerfile" in line and "llamacpp-cuda" not in line
+    for path in ("stacks/llamacpp-cpu.yml", "images/llamacpp/llamacpp-cpu.Dockerfile", "docs/builder.md", "docs/publishing.md"):
+        assert path in line, (path, line)
+    assert "llamacpp-cuda" not in line and "README.md" not in line
     result = builder("sync", root=root)
     assert result.returncode == 0, result.stderr
     assert builder("sync", "--check", root=root).returncode == 0
@@ -133,23 +141,30 @@ def test_pin_refuses_a_malformed_sha256_and_writes_nothing(tmp_path: Path):
     assert (root / "images/llamacpp/image.yaml").read_text() == before
 
 
-def test_a_pin_moves_every_tag_the_readme_and_the_stacks_show(tmp_path: Path):
+def test_a_pin_moves_every_tag_the_docs_and_the_stacks_show(tmp_path: Path):
     """Issue 27: the README's `docker run`, `docker pull`, cosign and attestation examples kept the old tag after a
-    pin. In a copy, `builder pin` an engine to another version: every line of the README and the stacks that named the
-    old version names the new one instead, and nothing else changes."""
+    pin. In a copy, `builder pin` an engine to another version: every line of the README, the docs/ pages (where those
+    examples now live: builder.md, publishing.md, stacks.md) and the stacks that named the old version names the new
+    one instead, and nothing else changes. A page that quotes no image (docs/DESIGN.md names the llama.cpp commit as
+    history) is left byte for byte."""
     root = copy_repo(tmp_path / "repo")
     old = catalog.load().pins["llamacpp"].version
     new = "t3st" + "0" * 5
     assert old not in new
-    files = [root / "README.md", *sync.stack_files(root)]
-    before = {path: path.read_text() for path in files}
-    quoted = [line for line in before[root / "README.md"].splitlines() if old in line]
+    pages = sync.doc_pages(root)
+    assert {root / "README.md", root / "docs" / "builder.md", root / "docs" / "publishing.md"} <= set(pages)
+    before = {path: path.read_text() for path in [*pages, *sync.stack_files(root)]}
+    quoting = [page for page in pages
+               if any(old in m.group(0) for rule in (sync.QUOTED, sync.REFERENCE) for m in rule.finditer(before[page]))]
+    assert {root / "docs" / "builder.md", root / "docs" / "publishing.md", root / "docs" / "stacks.md"} <= set(quoting)
+    quoted = [line for page in quoting for line in before[page].splitlines() if old in line]
     for command in ("docker run", "docker pull", "docker buildx imagetools inspect", "cosign verify", "gh attestation verify"):
-        assert any(command in line for line in quoted), f"the README quotes no {command} of a versioned tag: nothing to test"
+        assert any(command in line for line in quoted), f"the docs quote no {command} of a versioned tag: nothing to test"
     result = builder("pin", "llamacpp", new, "--sha256", "0" * 64, root=root)
     assert result.returncode == 0, result.stderr
-    for path in files:
-        assert path.read_text() == before[path].replace(old, new), f"{path.relative_to(root)}: a line still names {old}"
+    for path, text in before.items():
+        moved = text.replace(old, new) if path in quoting or path not in pages else text
+        assert path.read_text() == moved, f"{path.relative_to(root)}: a line still names {old}, or changed where none quotes it"
     assert builder("sync", "--check", root=root).returncode == 0
 
 

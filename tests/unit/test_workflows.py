@@ -382,13 +382,14 @@ def test_plan_step_script_fails_on_a_broken_catalog(tmp_path: Path):
     assert result.returncode != 0 and "11.8.0" in result.stderr
 
 
-# --- publishing from a fork (README "Publish from your fork") ---------------------------------------------------
+# --- publishing from a fork (docs/publishing.md "Publish from your fork") ---------------------------------------
 
 
 def fork_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("### Publish from your fork")
-    return " ".join(readme[start:readme.index("\n## ", start)].split())  # lines joined: a name may wrap
+    page = (REPO / "docs" / "publishing.md").read_text()
+    start = page.index("## Publish from your fork")
+    end = page.find("\n## ", start)
+    return " ".join(page[start:end if end >= 0 else None].split())  # lines joined: a name may wrap
 
 
 def test_the_fork_steps_name_the_variable_secret_and_permissions_the_bump_workflow_reads():
