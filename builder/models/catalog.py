@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -46,6 +47,7 @@ class Model:
     revision: str = "main"
     arch: str | None = None  # a key of the catalog's architectures: what `builder plan` estimates from
     recommend: bool = True  # whether `builder plan` may pick it unasked (not BF16, kept for quantizing)
+    released: str | None = None  # ISO date the weights were published: `builder plan` prefers the newer release
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,23 @@ def _model(name: str, raw: Mapping[str, Any]) -> Model:
             revision=str(raw.get("revision", "main")),
             arch=raw.get("arch"),
             recommend=bool(raw.get("recommend", True)),
+            released=None if raw.get("released") is None else str(raw["released"]),
         )
     except (KeyError, TypeError) as e:
         raise UserError(f"models.yaml: model {name!r} needs description, repo, include, format and engines ({e})") from None
+    if model.released is not None and not _iso_date(model.released):
+        raise UserError(f"models.yaml: model {name!r} has released {model.released!r}, which is not a date such as 2025-05-28")
     if model.format not in FORMATS or not all(ENGINE_NAME.match(e) for e in model.engines) or not valid_repo_id(model.repo):
         raise UserError(f"models.yaml: model {name!r} has a bad format, engine or repo")
     return model
+
+
+def _iso_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_engines(catalog: ModelCatalog, known: Iterable[str]) -> None:

@@ -52,11 +52,12 @@ def list_models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    width = max(len(name) for name in cat.models)
     for m in cat.models.values():
         size = f"~{m.approx_size_gb:g} GB" if m.approx_size_gb else "?"
         shards = f"{m.shards} files" if m.shards else "1 file"
         mark = " (default)" if m.name == cat.default else ""
-        click.echo(f"{m.name:<22} {size:>10} {shards:>9}  {m.format:<11} {','.join(m.engines):<30} {m.description}{mark}")
+        click.echo(f"{m.name:<{width}} {size:>10} {shards:>9}  {m.format:<11} {','.join(m.engines):<30} {m.description}{mark}")
 
 
 @click.command("download")

@@ -15,6 +15,7 @@ where they lie; it is an estimate to compare choices, said as one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -331,10 +332,12 @@ def engines_for(model: Model, wanted: str | None) -> list[str]:
 
 def recommend(catalog: ModelCatalog, machine: Machine, engine: str | None, context: int | None) -> tuple[Plan, list[str]]:
     """The best DeepSeek-R1 variant that fits and decodes at a useful speed. Quality order: the full model before
-    the distills, its original weights (FP8, vLLM) before quants, larger quants before smaller. Returns the plan
-    and why each better one was passed over."""
+    the distills, its original weights (FP8, vLLM) before quants, the newer release before the older (R1-0528 at
+    any quant before R1: DeepSeek's update scores higher than the original), larger quants before smaller. Returns
+    the plan and why each better one was passed over."""
     ranked = sorted((m for m in catalog.models.values() if m.arch and m.approx_size_gb and m.recommend),
-                    key=lambda m: (-float(catalog.architectures[m.arch]["params_b"]), m.format != "safetensors", -m.approx_size_gb))
+                    key=lambda m: (-float(catalog.architectures[m.arch]["params_b"]), m.format != "safetensors",
+                                   -date.fromisoformat(m.released).toordinal() if m.released else 0, -m.approx_size_gb))
     passed: list[str] = []
     for model in ranked:
         engines = [e for e in (engines_for(model, None) if engine is None else [engine] if engine in model.engines else [])

@@ -1,7 +1,8 @@
 """The local Hub's synthetic repos (tests/support/local_hub.py serves them) and what the download tests share.
 
 The repos are named like the real ones, so that catalog names resolve against the local Hub: `builder download
-r1-671b-ud-iq1_s` fetches three tiny shards, `r1-distill-qwen-1.5b` (the stacks' default) one tiny file. The models
+r1-671b-ud-iq1_s` fetches three tiny shards, `r1-0528-ud-iq1_s` four from a bare quant folder, `r1-distill-qwen-1.5b`
+(the stacks' default) one tiny file. The models
 are random-weight llama models that llama.cpp loads (tests/support/tiny_gguf.py).
 """
 
@@ -29,6 +30,14 @@ DISTILL_ST_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2
 GATED_REPO = "r1kit-test/gated-GGUF"
 # The three shards of R1_IQ1_S, as the repo holds them.
 SHARDS = [f"{R1_IQ1_S}/{R1_IQ1_S}-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+# R1-0528's repository: bare quant folders (UD-IQ1_S/, not DeepSeek-R1-0528-UD-IQ1_S/), four shards in UD-IQ1_S as
+# the real one holds (tests/support/hub_layouts.py), and a one-file quant at the top level beside them.
+R1_0528_REPO = "unsloth/DeepSeek-R1-0528-GGUF"
+R1_0528_IQ1_S = "DeepSeek-R1-0528-UD-IQ1_S"
+R1_0528_SHARDS = [f"UD-IQ1_S/{R1_0528_IQ1_S}-0000{i}-of-00004.gguf" for i in (1, 2, 3, 4)]
+R1_0528_TQ1_0 = "DeepSeek-R1-0528-UD-TQ1_0.gguf"
+QWEN3_DISTILL_REPO = "unsloth/DeepSeek-R1-0528-Qwen3-8B-GGUF"
+QWEN3_DISTILL_FILE = "DeepSeek-R1-0528-Qwen3-8B-Q4_K_M.gguf"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -65,6 +74,17 @@ def populate_hub(hub: LocalHub, work: Path) -> None:
         "model.safetensors": os.urandom(400_000),
         "README.md": b"# a synthetic distill in safetensors\n",
     })
+    r1_0528 = work / "r1-0528"
+    write_tiny_model(r1_0528 / "UD-IQ1_S" / f"{R1_0528_IQ1_S}.gguf", split_max_tensors=6, seed=6)  # 4 shards
+    write_tiny_model(r1_0528 / "Q4_K_M" / "DeepSeek-R1-0528-Q4_K_M.gguf", split_max_tensors=12, seed=7)  # 2 shards
+    write_tiny_model(r1_0528 / "UD-Q4_K_XL" / "DeepSeek-R1-0528-UD-Q4_K_XL.gguf", seed=8)
+    write_tiny_model(r1_0528 / R1_0528_TQ1_0, seed=9)
+    (r1_0528 / "README.md").write_text("# DeepSeek-R1-0528 GGUF (a synthetic stand-in served by the r1kit test suite)\n")
+    hub.add_repo(R1_0528_REPO, _files(r1_0528))
+    qwen3 = work / "qwen3-distill"
+    write_tiny_model(qwen3 / QWEN3_DISTILL_FILE, seed=10)
+    write_tiny_model(qwen3 / "DeepSeek-R1-0528-Qwen3-8B-UD-Q4_K_XL.gguf", seed=11)
+    hub.add_repo(QWEN3_DISTILL_REPO, _files(qwen3))
     gated = work / "gated"
     write_tiny_model(gated / "tiny-Q4_K_M.gguf", seed=5)
     hub.add_repo(GATED_REPO, _files(gated), gated=True)

@@ -15,6 +15,8 @@ and `total` (bytes per second across all connections: the link).
 headers) to another host, `cdn_url` (127.0.0.2, its own server), with a signed URL that expires `ttl` seconds after
 it was issued; that host answers an expired or forged one with 403, as S3 and CloudFront do. Requests to either host
 are logged with their host, Range and whether they carried an Authorization header.
+Listing-only repos (`add_listing`): a real repository's file names and sizes, hundreds of GB, without the bytes: for
+dry runs and quant selection against the layouts in tests/support/hub_layouts.py.
 Hostile listings: a repo may hold paths such as `../../escape-Q4_K_M.gguf` or `/tmp/x.gguf` (the real Hub would
 not, a malicious mirror might); the listing names them as given and their downloads are served at the URLs a
 client ends up requesting (httpx drops `..` segments, an absolute path doubles the slash).
@@ -46,6 +48,11 @@ class HubFile:
     path: str
     data: bytes
     lfs: bool
+    listed_size: int | None = None  # set: a listing-only file of this size (a real repo's layout), no bytes to fetch
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.listed_size is None else self.listed_size
 
     # Cached: every request asks for the ETags (and the repo's commit, all of them), and hashing a benchmark's
     # gigabytes per request would make the stand-in, not the client, the bottleneck.
@@ -191,6 +198,13 @@ class LocalHub:
         self.repos[repo_id] = repo
         return repo
 
+    def add_listing(self, repo_id: str, sizes: dict[str, int]) -> HubRepo:
+        """A repo that only lists its files, with the sizes given (a real repository's layout, hundreds of GB): for
+        dry runs and quant selection; fetching one of its files answers 404, as a file missing from the CDN would."""
+        repo = HubRepo(repo_id, {p: HubFile(p, b"", p.endswith((".gguf", ".safetensors")), size) for p, size in sizes.items()})
+        self.repos[repo_id] = repo
+        return repo
+
     def log(self, request: Request) -> None:
         with self._lock:
             self.requests.append(request)
@@ -330,9 +344,9 @@ def _handler(hub: LocalHub, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
                         folders.add(prefix + "/".join(parts[:i]))
                 if "/" in rel and not recursive:
                     continue
-                entry = {"type": "file", "oid": f.git_oid, "size": len(f.data), "path": path}
+                entry = {"type": "file", "oid": f.git_oid, "size": f.size, "path": path}
                 if f.lfs:
-                    entry["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}
+                    entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
                 entries.append(entry)
             dirs = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d} for d in sorted(folders)]
             self._json(dirs + entries, body)
@@ -345,7 +359,7 @@ def _handler(hub: LocalHub, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
                 status = 403 if auth else 401
                 return self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.", body)
             f = repo.files.get(path) or repo.files.get("/" + path)  # an absolute path, listed as such
-            if f is None:
+            if f is None or f.listed_size is not None:
                 return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", body)
             headers = {"ETag": f'"{f.etag}"', "X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             if f.lfs:

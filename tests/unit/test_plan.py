@@ -31,11 +31,12 @@ def catalog() -> ModelCatalog:
 
 def test_4x_a100_runs_q8_with_experts_in_ram_and_beats_the_recipes_ngl_20(catalog):
     """The recipe: R1 Q8_0, `-ngl 20 --tensor-split 24,25,25,25`, about 2 tokens/s. Q8_0 (713 GB) fits 320 GB of
-    GPU plus 1 TB of RAM; every layer goes on the GPUs with the experts of the first layers in RAM, which reads far
-    fewer bytes from RAM per token than 41 whole layers on the CPU."""
+    GPU plus 1 TB of RAM (R1-0528's, the same size, before the original's); every layer goes on the GPUs with the
+    experts of the first layers in RAM, which reads far fewer bytes from RAM per token than 41 whole layers on the
+    CPU."""
     box = machine("4xA100", 1000, 128, "avx2", numa=2)
     plan, passed = recommend(catalog, box, None, None)
-    assert (plan.model, plan.engine) == ("r1-671b-q8_0", "llamacpp")
+    assert (plan.model, plan.engine) == ("r1-0528-q8_0", "llamacpp")
     s = plan.settings
     assert s["LLAMACPP_N_GPU_LAYERS"] == "all" and 3 < int(s["LLAMACPP_N_CPU_MOE"]) < 61
     split = [int(x) for x in s["LLAMACPP_TENSOR_SPLIT"].split(",")]
@@ -57,31 +58,31 @@ def test_4x_4090_with_ollama_offloads_at_least_the_recipes_28_layers(catalog):
 def test_4x_4090_recommends_a_larger_quant_with_llamacpp_than_ollama_could_run_fast(catalog):
     box = machine("4xRTX4090", 384, 64, "avx512")
     plan, _ = recommend(catalog, box, None, None)
-    assert plan.engine == "llamacpp" and plan.model == "r1-671b-q4_k_m"  # 404 GB: 96 GB of GPU + 345 GB of RAM to give
+    assert plan.engine == "llamacpp" and plan.model == "r1-0528-q4_k_m"  # 404 GB: 96 GB of GPU + 345 GB of RAM to give
     assert plan.settings["LLAMACPP_THREADS"] == "64"
 
 
 def test_3090ti_with_96gb_is_told_r1_does_not_fit_and_gets_the_32b_distill(catalog):
-    """131 GB (the smallest R1) against 24 GB of GPU and 86 GB of RAM to give: a refusal that says so, and the
+    """140 GB (the smallest R1) against 24 GB of GPU and 86 GB of RAM to give: a refusal that says so, and the
     recommendation falls to the largest distill that runs well, entirely on the GPU."""
     box = machine("1xRTX3090Ti", 96, 16, "avx2")
-    with pytest.raises(UserError, match=r"r1-671b-ud-iq1_s does not fit: .*need about 13\d GB"):
+    with pytest.raises(UserError, match=r"r1-671b-ud-iq1_s does not fit: .*need about 14\d GB"):
         plan_model("r1-671b-ud-iq1_s", shape_for(catalog.get("r1-671b-ud-iq1_s"), catalog.architectures), box, "llamacpp", None)
     plan, passed = recommend(catalog, box, None, None)
     assert plan.model == "r1-distill-qwen-32b" and plan.expectation == "everything on the GPUs"
     assert any(p.startswith("r1-671b-ud-iq1_s") for p in passed)
 
 
-def test_a6000_with_256gb_runs_the_2_5_bit_quant(catalog):
+def test_a6000_with_256gb_runs_r1_0528s_2_7_bit_quant(catalog):
     box = machine("1xA6000", 256, 32, "avx512")
     plan, _ = recommend(catalog, box, None, None)
-    assert plan.model == "r1-671b-ud-q2_k_xl" and plan.settings["LLAMACPP_N_CPU_MOE"]
+    assert plan.model == "r1-0528-ud-q2_k_xl" and plan.settings["LLAMACPP_N_CPU_MOE"]
 
 
 def test_amx_xeon_with_one_24gb_gpu_keeps_most_experts_in_ram(catalog):
     box = machine("1x24", 512, 32, "amx", numa=1)
     plan, _ = recommend(catalog, box, None, None)
-    assert plan.model == "r1-671b-q4_k_m" and plan.engine == "llamacpp"
+    assert plan.model == "r1-0528-q4_k_m" and plan.engine == "llamacpp"
     assert int(plan.settings["LLAMACPP_N_CPU_MOE"]) > 55  # 24 GB holds the attention and few experts
     assert box.cpu_level == "amx" and {"avx512", "avx2"} <= box.cpu_flags
 
@@ -95,9 +96,9 @@ def test_amx_xeon_with_one_24gb_gpu_keeps_most_experts_in_ram(catalog):
 def test_clusters_serve_the_fp8_weights_with_vllm(catalog, gpus, nodes, tp, pp):
     box = machine(gpus, 2000, 64, "avx512", nodes=nodes)
     plan, _ = recommend(catalog, box, None, None)
-    assert (plan.model, plan.engine) == ("r1-671b-fp8", "vllm")
+    assert (plan.model, plan.engine) == ("r1-0528-fp8", "vllm")
     assert plan.settings["VLLM_TENSOR_PARALLEL_SIZE"] == str(tp) and plan.settings["VLLM_PIPELINE_PARALLEL_SIZE"] == str(pp)
-    assert plan.settings["VLLM_MODEL"] == "r1-671b-fp8" and plan.settings["VLLM_EXPERT_PARALLEL"] == "--enable-expert-parallel"
+    assert plan.settings["VLLM_MODEL"] == "r1-0528-fp8" and plan.settings["VLLM_EXPERT_PARALLEL"] == "--enable-expert-parallel"
 
 
 def test_one_8x_h100_node_cannot_hold_the_fp8_weights(catalog):
@@ -106,6 +107,45 @@ def test_one_8x_h100_node_cannot_hold_the_fp8_weights(catalog):
         plan_model("r1-671b-fp8", shape_for(catalog.get("r1-671b-fp8"), catalog.architectures), box, "vllm", None)
     plan, _ = recommend(catalog, box, None, None)
     assert plan.engine == "llamacpp"  # the quants still run, experts in RAM where they must
+
+
+@pytest.mark.parametrize("gpus,ram,chosen,original", [
+    ("none", 200, "r1-0528-ud-iq1_s", "r1-671b-ud-iq1_s"),  # CPU only
+    ("2x24", 200, "r1-0528-ud-iq2_xxs", "r1-671b-ud-iq2_xxs"),
+    ("1x24", 200, "r1-0528-ud-iq1_m", "r1-671b-ud-iq1_m"),
+    ("1xA6000", 256, "r1-0528-ud-q2_k_xl", "r1-671b-ud-q2_k_xl"),
+    ("4xRTX4090", 384, "r1-0528-q4_k_m", "r1-671b-q4_k_m"),
+    ("8xH200", 2000, "r1-0528-fp8", "r1-671b-fp8"),
+])
+def test_r1_0528_before_r1_where_both_fit(catalog, gpus, ram, chosen, original):
+    """DeepSeek's update before the original: the recommendation is R1-0528, the original R1's same quant fits the
+    machine too and is passed over for it, never for being too large."""
+    box = machine(gpus, ram, 32, "avx512")
+    plan, passed = recommend(catalog, box, None, None)
+    assert plan.model == chosen
+    entry = catalog.get(original)
+    assert plan_model(original, shape_for(entry, catalog.architectures), box, plan.engine, None)  # it fits as well
+    assert original not in {p.split(" ")[0] for p in passed}
+
+
+def test_the_original_r1_where_only_it_fits(catalog):
+    """160 GiB of RAM and a 24 GB GPU hold R1's 1.73-bit quant (170 GB) but none of R1-0528's (185 GB and up):
+    the original, after every 0528 quant was passed over as too large."""
+    plan, passed = recommend(catalog, machine("1x24", 160, 32, "avx512"), None, None)
+    assert plan.model == "r1-671b-ud-iq1_m"
+    assert {p.split(" ")[0] for p in passed} >= {"r1-0528-ud-iq1_s", "r1-0528-ud-q2_k_xl", "r1-0528-fp8"}
+    assert all("does not fit" in p for p in passed if p.startswith("r1-0528-"))
+
+
+def test_builder_plan_without_a_model_names_r1_0528_and_the_stacks_default_stays_the_small_distill(tmp_path):
+    """`builder plan` (no model) on a big machine writes R1-0528 into the stack's .env; the catalog's default, what
+    the stacks run without a plan, stays the 1.5B distill that runs anywhere."""
+    env = tmp_path / ".env"
+    builder("plan", "--gpus", "4xRTX4090", "--ram", "384", "--cores", "64", "--cpu", "avx512", "--write", str(env), capture_output=True)
+    assert "MODEL=r1-0528-q4_k_m\n" in env.read_text()
+    assert models.load().default == "r1-distill-qwen-1.5b"
+    resolved = json.loads(compose(["llamacpp-webui.yml"], "config", "--format", "json").stdout)
+    assert resolved["services"]["llamacpp"]["environment"]["LLAMA_ARG_ALIAS"] == "r1-distill-qwen-1.5b"
 
 
 def test_a_ggufs_header_gives_the_exact_split(tmp_path):

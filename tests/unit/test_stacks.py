@@ -591,6 +591,7 @@ KV_BYTES_PER_TOKEN = {
     "r1-distill-qwen-14b": 48 * 2 * 8 * 128 * 2,
     "r1-distill-qwen-32b": 64 * 2 * 8 * 128 * 2,
     "r1-distill-llama-70b": 80 * 2 * 8 * 128 * 2,
+    "r1-0528-qwen3-8b-q4_k_m": 36 * 2 * 8 * 128 * 2,
 }
 
 
@@ -605,7 +606,7 @@ def test_readme_quant_table_follows_the_catalog():
     gguf = [m for m in models.load().models.values() if m.format == "gguf"]
     assert set(rows) == {m.name for m in gguf}
     for m in gguf:
-        kv = KV_BYTES_PER_TOKEN["r1-671b" if m.name.startswith("r1-671b") else m.name] * 8192 / 1e9
+        kv = KV_BYTES_PER_TOKEN["r1-671b" if m.arch == "deepseek-r1" else m.name] * 8192 / 1e9
         need = m.approx_size_gb * 1.1 + kv
         expected = math.ceil(need * 10) / 10 if need < 100 else math.ceil(need)
         assert rows[m.name] == (m.shards or 1, m.approx_size_gb, expected), m.name
