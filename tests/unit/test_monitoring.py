@@ -19,6 +19,7 @@ import pytest
 import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from support.builder import builder_in_process as builder
 from support.compose import compose
 from support.prerequisites import REPO
 
@@ -190,3 +191,18 @@ def test_overlay_settings_are_variables_with_the_documented_defaults():
     for var in ("PROMETHEUS_IMAGE", "GRAFANA_IMAGE", "DCGM_EXPORTER_IMAGE", "PROMETHEUS_BIND", "PROMETHEUS_PORT",
                 "GRAFANA_BIND", "GRAFANA_PORT", "PROMETHEUS_RETENTION", "GRAFANA_ADMIN_PASSWORD"):
         assert "${" + var in text and f"# {var}=" in example, var
+
+
+@pytest.mark.parametrize("url, says", [
+    ("ftp://127.0.0.1:9090", "is not an http(s) URL"),
+    ("http://127.0.0.1:99999", "port 99999 is out of range"),
+    ("http://127.0.0.1:9090/?x=1", "takes no query or fragment"),
+    ("", "is not an http(s) URL"),
+])
+def test_bench_refuses_a_prometheus_url_that_cannot_be_before_any_request(url: str, says: str, tmp_path: Path):
+    """Checked before the first request (the server here does not even exist) and before anything is written."""
+    out = tmp_path / "bench.json"
+    run = builder("bench", "http://127.0.0.1:9", "--requests", "1", "--concurrency", "1", "--prometheus", url, "--json", str(out),
+                  check=False, capture_output=True)
+    assert run.returncode == 2 and says in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("error: --prometheus ") and not out.exists()
