@@ -17,6 +17,7 @@ from builder.models.catalog import SHARD
 
 GB = 10**9
 EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_(ch|)exps\.")
+BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Shape:
     max_context: int
     active_experts: float  # the fraction of a layer's experts each token reads (R1: 8 of 256)
     source: str  # "GGUF header" or "catalog estimate"
+    # From a GGUF's tensor table (empty for a catalog estimate, which assumes equal layers): each layer's bytes
+    # without its routed experts, and each routed-expert tensor as (layer, kind, bytes), kind as in its name
+    # ("gate_exps", "up_exps", "down_exps", ...): the unit `builder plan` places, as llama.cpp's --fit does.
+    layer_bytes: tuple[int, ...] = ()
+    expert_tensors: tuple[tuple[int, str, int], ...] = ()
 
     @property
     def moe_layers(self) -> int:
@@ -89,6 +95,8 @@ def from_gguf(path: Path) -> Shape:
         raise UserError(f"{shown(str(path))} is not a file: give a catalog name (builder models) or a .gguf path")
     total = experts = embedding = output = 0
     fields: dict[str, Any] = {}
+    per_layer: dict[int, int] = {}
+    expert_tensors: list[tuple[int, str, int]] = []
     try:
         for shard in shards(path):
             reader = gguf.GGUFReader(shard)
@@ -98,8 +106,11 @@ def from_gguf(path: Path) -> Shape:
             for t in reader.tensors:
                 size = int(t.n_bytes)
                 total += size
-                if EXPERT_TENSOR.match(t.name):
+                if m := EXPERT_TENSOR.match(t.name):
                     experts += size
+                    expert_tensors.append((int(m[1]), f"{m[2]}_{m[3]}exps", size))
+                elif (block := BLOCK_TENSOR.match(t.name)):
+                    per_layer[int(block[1])] = per_layer.get(int(block[1]), 0) + size
                 elif t.name.startswith("token_embd."):
                     embedding += size
                 elif t.name.startswith("output."):
@@ -126,4 +137,5 @@ def from_gguf(path: Path) -> Shape:
         name=path.name, total=total, experts=experts, embedding=embedding, output=output, layers=layers,
         dense_layers=int(key("leading_dense_block_count", 0) or 0) if experts else 0, kv_per_token=kv_layer * layers,
         max_context=int(key("context_length", 4096)),
-        active_experts=int(key("expert_used_count", 0) or 0) / n_expert if n_expert else 1.0, source="GGUF header")
+        active_experts=int(key("expert_used_count", 0) or 0) / n_expert if n_expert else 1.0, source="GGUF header",
+        layer_bytes=tuple(per_layer.get(i, 0) for i in range(layers)), expert_tensors=tuple(sorted(expert_tensors)))

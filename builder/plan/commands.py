@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Mapping
 
 import click
 
-from builder.core.errors import shown
+from builder.core.errors import UserError, shown
 from builder.core.paths import output_file
 from builder.models import catalog
-from builder.plan import envfile, hardware, planner
+from builder.models.shapes import from_gguf
+from builder.plan import envfile, hardware, measure, planner
 
 
 @click.command("plan")
@@ -28,15 +30,46 @@ from builder.plan import envfile, hardware, planner
 @click.option("--ram-bandwidth", type=click.FloatRange(1, 100000), help="Memory bandwidth in GB/s, for the speed estimate (default: a guess from the cores).")
 @click.option("--nodes", type=click.IntRange(1, 1024), default=1, show_default=True, help="Identical machines (vLLM across nodes).")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default="models", show_default=True, envvar="BUILDER_MODELS_DIR", help="Where models go (its free space is checked).")
-def plan_command(model: str | None, engine: str | None, context: int | None, as_json: bool, write: Path | None, dest: Path, **machine: Any) -> None:
+@click.option("--measure", "measured", is_flag=True, help="Run llama-bench on the plan's candidates and llama.cpp's own fit here, and keep the fastest (MODEL: a downloaded .gguf; the result is cached beside it). Each candidate loads the model once.")
+@click.option("--llama-bench", "llama_bench", metavar="COMMAND", help="How --measure runs llama-bench, e.g. 'docker run --rm --gpus all -v /models:/models IMAGE llama-bench' (the image's entrypoint) or a path (default: llama-bench).")
+def plan_command(model: str | None, engine: str | None, context: int | None, as_json: bool, write: Path | None, dest: Path,
+                 measured: bool, llama_bench: str | None, **machine: Any) -> None:
     """The best model, engine and settings for this machine (or one the flags describe). MODEL is a catalog name
     or a downloaded .gguf (its header gives the exact sizes); without it, the best DeepSeek-R1 variant that fits."""
+    command = _bench_command(measured, llama_bench, model, engine)
     target = output_file(write, "--write", overwrite=True) if write is not None else None  # refused before any work
     box = hardware.describe(**machine, models_dir=dest)
     chosen, passed = planner.choose(catalog.load(), box, model, engine, context)
-    click.echo(json.dumps({**chosen.as_json(), "passed_over": passed}, indent=2) if as_json else planner.report(chosen, box, passed))
+    extra: dict[str, Any] = {}
+    if command is not None and model is not None:
+        path = Path(model)
+        result = measure.measure(chosen, from_gguf(path), box, path, command, say=lambda line: click.echo(line, err=True))
+        if result.cache_note:
+            click.echo(f"note: {result.cache_note}", err=True)
+        click.echo(f"{'reused the measurement in' if result.cached else 'cached the measurement in'} {result.cache}", err=True)
+        chosen, extra = result.plan, result.as_json()
+    click.echo(json.dumps({**chosen.as_json(), "passed_over": passed, **extra}, indent=2) if as_json else planner.report(chosen, box, passed))
     if write is not None and target is not None:
         write_settings(write, target, chosen.settings)
+
+
+def _bench_command(measured: bool, llama_bench: str | None, model: str | None, engine: str | None) -> list[str] | None:
+    """llama-bench's command line for --measure, checked before any work; None without --measure."""
+    if not measured:
+        if llama_bench is not None:
+            raise UserError("--llama-bench is for --measure: add --measure, or leave --llama-bench out")
+        return None
+    if model is None or not (model.endswith(".gguf") or "/" in model):
+        raise UserError("--measure runs the model: give the downloaded .gguf path as MODEL (builder download, then its file)")
+    if engine not in (None, "llamacpp"):
+        raise UserError(f"--measure runs llama-bench, so it plans for llama.cpp, not --engine {engine}; leave --engine out")
+    try:
+        command = shlex.split(llama_bench if llama_bench is not None else "llama-bench")
+    except ValueError as e:
+        raise UserError(f"--llama-bench {shown(llama_bench or '')}: not a command line ({e}); quote it as a shell would") from None
+    if not command:
+        raise UserError("--llama-bench is empty: give the llama-bench command (a path, or docker run ... IMAGE llama-bench)")
+    return command
 
 
 def write_settings(write: Path, target: Path, settings: Mapping[str, str]) -> None:

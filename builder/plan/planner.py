@@ -3,12 +3,13 @@
 The question every R1 recipe answers by hand: what goes on the GPUs and what stays in RAM. For llama.cpp the
 answer, in order of what decode speed loses least:
 1. everything on the GPUs;
-2. every layer on the GPUs, and the routed experts of the first K layers in RAM (`--n-cpu-moe K`): a token reads
-   only 8 of R1's 256 experts, so experts in RAM cost far less than whole layers in RAM;
+2. every layer on the GPUs, and as many routed-expert tensors (each layer's gate, up and down) as fill each GPU to
+   its margin, the rest in RAM (`-ot PATTERN=CPU`, the unit llama.cpp's own --fit places): a token reads only 8 of
+   R1's 256 experts, so experts in RAM cost far less than whole layers in RAM;
 3. the last N layers on the GPUs with all their experts in RAM, the rest on the CPU (`-ngl N`).
 Each GPU gets contiguous layers (llama.cpp's layer split); `--tensor-split` is the count per GPU. Memory per GPU:
 the layers, their KV cache, the output head on the last one, a compute buffer and a safety margin (as llama.cpp's
-own `--fit` leaves one). Decode speed is estimated from the bytes each token reads and the memory bandwidth of
+own `--fit` leaves one). Sizes are the GGUF's own tensor sizes when the file is here. Decode speed is estimated from the bytes each token reads and the memory bandwidth of
 where they lie; it is an estimate to compare choices, said as one.
 """
 
@@ -27,6 +28,10 @@ from builder.plan.hardware import GIB, Machine
 
 MARGIN = 1 * GIB  # left free on each GPU, as llama.cpp's --fit leaves by default (1024 MiB)
 COMPUTE_BASE = 512 * 1024**2  # llama.cpp's CUDA compute buffer at the default 512-token micro-batch, before logits
+UBATCH = 512  # llama.cpp's default prompt micro-batch (-ub)
+HYBRID_UBATCH = 2048  # a micro-batch that amortizes copying RAM-resident experts to the GPU per prompt batch
+# Filled in this order within a layer, as llama.cpp's --fit does (up first, then gate; down overflows first).
+EXPERT_ORDER = ("up", "gate_up", "gate", "down")
 RAM_HEADROOM = 0.9  # of available RAM the weights may fill: the OS, the page cache's churn and the engine need the rest
 # Fractions of peak bandwidth a decode step reaches (llama.cpp, measured orders of magnitude, not promises).
 GPU_EFFICIENCY = 0.55
@@ -46,10 +51,16 @@ class Placement:
     gpu_bytes: tuple[int, ...]
     ram_bytes: int
     tokens_per_s: float  # estimated decode speed
+    experts_in_ram: tuple[tuple[int, str], ...] = ()  # (layer, kind) of routed-expert tensors kept in RAM by -ot
+    ubatch: int = UBATCH
 
     def describe(self, shape: Shape) -> str:
         if not self.per_gpu_layers:
             return "everything on the CPU"
+        if self.gpu_layers == shape.layers and self.experts_in_ram:
+            tensors = len(_expert_tensors(shape))
+            return (f"every layer on the GPUs, {tensors - len(self.experts_in_ram)} of {tensors} routed-expert tensors "
+                    f"on the GPUs, {len(self.experts_in_ram)} in RAM")
         if self.gpu_layers == shape.layers and self.cpu_moe == 0:
             return "everything on the GPUs"
         if self.gpu_layers == shape.layers:
@@ -97,21 +108,36 @@ class Plan:
         }
 
 
-def compute_buffer(shape: Shape, experts_in_ram: bool) -> int:
-    """A GPU's compute buffer: the graph's scratch, the logits of a micro-batch, and, once experts stay in RAM, room
-    for the largest expert tensor, which llama.cpp copies to the GPU to multiply prompt batches there."""
+def compute_buffer(shape: Shape, experts_in_ram: bool, ubatch: int = UBATCH) -> int:
+    """A GPU's compute buffer: the graph's scratch and the logits of a micro-batch (both grow with -ub), and, once
+    experts stay in RAM, room for the largest expert tensor, which llama.cpp copies to the GPU to multiply prompt
+    batches there."""
     logits = min(shape.output, 2 * GIB) // 4  # a micro-batch's f32 logits: about a quarter of a 4-bit output head
-    largest_expert_tensor = shape.layer_experts // 3 if experts_in_ram else 0
-    return COMPUTE_BASE + logits + largest_expert_tensor
+    largest_expert_tensor = max((b for _, _, b in _expert_tensors(shape)), default=0) if experts_in_ram else 0
+    return (COMPUTE_BASE + logits) * ubatch // UBATCH + largest_expert_tensor
+
+
+def _expert_tensors(shape: Shape) -> tuple[tuple[int, str, int], ...]:
+    """(layer, kind, bytes) of every routed-expert tensor: the GGUF's own, or a catalog estimate's three equal ones
+    per MoE layer."""
+    if shape.expert_tensors or not shape.experts:
+        return shape.expert_tensors
+    third = shape.layer_experts // 3
+    return tuple((i, f"{kind}_exps", third) for i in range(shape.dense_layers, shape.layers) for kind in ("gate", "up", "down"))
+
+
+def _dense(shape: Shape, i: int) -> int:
+    """Layer i's bytes without its routed experts."""
+    return shape.layer_bytes[i] if shape.layer_bytes else shape.layer
+
+
+def _layer_experts(shape: Shape, i: int) -> int:
+    return sum(b for layer, _, b in _expert_tensors(shape) if layer == i)
 
 
 def _layer_costs(shape: Shape, context: int, cpu_moe: int) -> list[int]:
     kv = shape.kv_per_token * context // shape.layers
-    costs = []
-    for i in range(shape.layers):
-        experts = shape.layer_experts if shape.dense_layers <= i and i >= cpu_moe else 0
-        costs.append(shape.layer + kv + experts)
-    return costs
+    return [_dense(shape, i) + kv + (_layer_experts(shape, i) if i >= cpu_moe else 0) for i in range(shape.layers)]
 
 
 def _assign(costs: list[int], budgets: list[int], output: int) -> tuple[list[int], list[int]] | None:
@@ -133,7 +159,7 @@ def _assign(costs: list[int], budgets: list[int], output: int) -> tuple[list[int
     return counts, used
 
 
-def _estimate(shape: Shape, machine: Machine, on_gpu_layers: list[bool], experts_on_gpu: list[bool], per_gpu: list[int]) -> float:
+def _estimate(shape: Shape, machine: Machine, on_gpu_layers: list[bool], experts_on_gpu: list[float], per_gpu: list[int]) -> float:
     """Decode tokens/s from the bytes a token reads: all of a layer's weights but its routed experts, of which a
     token reads `active_experts`; GPUs run one after another in a layer split."""
     gpu_time = cpu_time = 0.0
@@ -142,17 +168,13 @@ def _estimate(shape: Shape, machine: Machine, on_gpu_layers: list[bool], experts
         bandwidths += [machine.gpus[gpu].bandwidth_gbps] * count
     layer_index = 0
     for i in range(shape.layers):
-        moe = shape.experts and i >= shape.dense_layers
-        dense_bytes = shape.layer
-        expert_bytes = shape.layer_experts * shape.active_experts if moe else 0
+        dense_bytes = _dense(shape, i)
+        expert_bytes = _layer_experts(shape, i) * shape.active_experts
         if on_gpu_layers[i]:
             bw = bandwidths[layer_index] * GB * GPU_EFFICIENCY
             layer_index += 1
-            gpu_time += dense_bytes / bw
-            if experts_on_gpu[i]:
-                gpu_time += expert_bytes / bw
-            else:
-                cpu_time += expert_bytes / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
+            gpu_time += (dense_bytes + expert_bytes * experts_on_gpu[i]) / bw
+            cpu_time += expert_bytes * (1 - experts_on_gpu[i]) / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
         else:
             cpu_time += (dense_bytes + expert_bytes) / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
     if any(on_gpu_layers) and per_gpu:
@@ -166,42 +188,52 @@ def decode_estimate(shape: Shape, machine: Machine, gpu_layers: int, cpu_moe: in
     """The estimate for settings given by hand (-ngl, --n-cpu-moe, --tensor-split as layer counts), e.g. a recipe's,
     to compare with the plan's."""
     on_gpu = [i >= shape.layers - gpu_layers for i in range(shape.layers)]
-    experts_on_gpu = [on_gpu[i] and i >= cpu_moe for i in range(shape.layers)]
+    experts_on_gpu = [float(on_gpu[i] and i >= cpu_moe) for i in range(shape.layers)]
     return _estimate(shape, machine, on_gpu, experts_on_gpu, list(per_gpu_layers))
 
 
-def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool = True) -> Placement | None:
+def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool = True, ubatch: int = UBATCH) -> Placement | None:
     """The fastest placement that fits, or None when the weights do not fit GPUs and RAM together.
     `experts_apart=False` is for engines that cannot keep experts in RAM separately (Ollama)."""
     ram_budget = int(machine.ram * RAM_HEADROOM)
+    kv = shape.kv_per_token * context // shape.layers
 
-    def result(gpu_layers: int, cpu_moe: int, counts: list[int], used: list[int]) -> Placement | None:
+    def result(gpu_layers: int, cpu_moe: int, counts: list[int], used: list[int],
+               in_ram: tuple[tuple[int, str], ...] = ()) -> Placement | None:
         """The placement, or None when what stays off the GPUs does not fit RAM (then nothing does: any other
         placement that fits the GPUs leaves more in RAM)."""
         on_gpu = [i >= shape.layers - gpu_layers for i in range(shape.layers)]
-        experts_on_gpu = [on_gpu[i] and i >= cpu_moe for i in range(shape.layers)]
+        ram_tensors = set(in_ram)
+        experts_on_gpu = []
+        for i in range(shape.layers):
+            total = _layer_experts(shape, i)
+            if not on_gpu[i] or i < cpu_moe:
+                experts_on_gpu.append(0.0)
+            elif total:
+                experts_on_gpu.append(sum(b for layer, kind, b in _expert_tensors(shape)
+                                          if layer == i and (layer, kind) not in ram_tensors) / total)
+            else:
+                experts_on_gpu.append(1.0)
         ram = shape.embedding + sum(
-            (0 if on_gpu[i] else shape.layer + shape.kv_per_token * context // shape.layers)
-            + (shape.layer_experts if shape.experts and i >= shape.dense_layers and not experts_on_gpu[i] else 0)
+            (0 if on_gpu[i] else _dense(shape, i) + kv) + int(_layer_experts(shape, i) * (1 - experts_on_gpu[i]))
             for i in range(shape.layers)) + (0 if counts else shape.output)
         if ram > ram_budget:
             return None
         return Placement(gpu_layers, cpu_moe, tuple(counts), tuple(used), ram,
-                         decode_estimate(shape, machine, gpu_layers, cpu_moe, tuple(counts)))
+                         _estimate(shape, machine, on_gpu, experts_on_gpu, counts), in_ram, ubatch)
 
     if machine.gpus:
         # 1. everything on the GPUs
-        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=False) for g in machine.gpus]
+        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=False, ubatch=ubatch) for g in machine.gpus]
         fitted = _assign(_layer_costs(shape, context, 0), budgets, shape.output)
         if fitted:
             return result(shape.layers, 0, *fitted)
-        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=True) for g in machine.gpus]
+        budgets = [g.memory - MARGIN - compute_buffer(shape, experts_in_ram=True, ubatch=ubatch) for g in machine.gpus]
         if shape.experts and experts_apart:
-            # 2. every layer on the GPUs, the experts of the first K layers in RAM: the smallest K that fits
-            for cpu_moe in range(shape.dense_layers + 1, shape.layers + 1):
-                fitted = _assign(_layer_costs(shape, context, cpu_moe), budgets, shape.output)
-                if fitted:
-                    return result(shape.layers, cpu_moe, *fitted)
+            # 2. every layer on the GPUs, expert tensors filling each GPU to its budget, the rest in RAM
+            filled = _fill_experts(shape, kv, budgets)
+            if filled:
+                return result(shape.layers, 0, *filled)
         # 3. the last N layers on the GPUs (their experts in RAM where the engine can), the rest on the CPU
         cpu_moe = shape.layers if shape.experts and experts_apart else 0
         costs = _layer_costs(shape, context, cpu_moe)
@@ -212,8 +244,62 @@ def place(shape: Shape, machine: Machine, context: int, *, experts_apart: bool =
     return result(0, 0, [], [])
 
 
-def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
-    p = place(shape, machine, context)
+def _fill_experts(shape: Shape, kv: int, budgets: list[int]) -> tuple[list[int], list[int], tuple[tuple[int, str], ...]] | None:
+    """Every layer's non-expert weights and KV cache on the GPUs, then routed-expert tensors, one by one, on the
+    GPU of their layer while it has room: llama.cpp's --fit arithmetic (common/fit.cpp), which overflows single
+    gate/up/down tensors rather than whole layers. The layers are split in proportion to what each GPU can hold
+    of a layer's share, so that each GPU has experts of its own to fill itself with; each GPU fills from its
+    last layer back, so that the experts in RAM are the first layers' of each GPU. Returns the layers per GPU,
+    the bytes per GPU and the (layer, kind) of each tensor left in RAM; None when the non-expert weights do not
+    fit."""
+    dense = [_dense(shape, i) + kv for i in range(shape.layers)]
+    experts = [_layer_experts(shape, i) for i in range(shape.layers)]
+    room = sum(budgets) - sum(dense) - shape.output
+    if room < 0:
+        return None
+    share = min(1.0, room / max(sum(experts), 1))
+    fitted = None
+    while fitted is None and share >= 0:  # rounding (whole layers per GPU) may need a slightly smaller share
+        fitted = _assign([d + int(e * share) for d, e in zip(dense, experts)], budgets, shape.output)
+        share -= 0.02
+    if fitted is None:
+        return None
+    counts = fitted[0]
+    by_layer: dict[int, list[tuple[str, int]]] = {}
+    for layer, kind, size in _expert_tensors(shape):
+        by_layer.setdefault(layer, []).append((kind, size))
+    used, in_ram, first = [], [], 0
+    last_gpu = max(i for i, c in enumerate(counts) if c)
+    for gpu, count in enumerate(counts):
+        layers = range(first, first + count)
+        first += count
+        total = sum(dense[i] for i in layers) + (shape.output if gpu == last_gpu else 0)
+        for i in reversed(layers):
+            for kind, size in sorted(by_layer.get(i, []), key=lambda t: EXPERT_ORDER.index(t[0].rsplit("_", 1)[0])):
+                if total + size <= budgets[gpu]:
+                    total += size
+                else:
+                    in_ram.append((i, kind))
+        used.append(total)
+    return counts, used, tuple(sorted(in_ram))
+
+
+def override_pattern(in_ram: tuple[tuple[int, str], ...]) -> str:
+    """llama.cpp's -ot value that keeps these expert tensors in RAM: one regular expression (no ',' or ';', which
+    llama-server and llama-bench split on), the layers that keep the same tensors grouped, e.g.
+    `blk\\.(3|4|5)\\.ffn_(down_exps|gate_exps|up_exps)|blk\\.(6)\\.ffn_(down_exps)=CPU`."""
+    kinds: dict[int, list[str]] = {}
+    for layer, kind in in_ram:
+        kinds.setdefault(layer, []).append(kind)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for layer, ks in sorted(kinds.items()):
+        groups.setdefault(tuple(sorted(ks)), []).append(layer)
+    parts = [f"blk\\.({'|'.join(map(str, layers))})\\.ffn_({'|'.join(ks)})" for ks, layers in groups.items()]
+    return "|".join(parts) + "=CPU" if parts else ""
+
+
+def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int, ubatch: int = UBATCH) -> Plan:
+    p = place(shape, machine, context, ubatch=ubatch)
     if p is None:
         raise UserError(_refusal(name, shape, machine, context))
     all_layers = p.gpu_layers == shape.layers
@@ -221,17 +307,60 @@ def llamacpp_plan(name: str, shape: Shape, machine: Machine, context: int) -> Pl
         "MODEL": name,
         "LLAMACPP_N_GPU_LAYERS": "all" if all_layers and p.per_gpu_layers else str(p.ngl),
         "LLAMACPP_N_CPU_MOE": str(p.cpu_moe) if p.cpu_moe else "",
+        "LLAMACPP_OVERRIDE_TENSOR": override_pattern(p.experts_in_ram),
         "LLAMACPP_SPLIT_MODE": "layer" if len(machine.gpus) > 1 else "",
         "LLAMACPP_TENSOR_SPLIT": ",".join(map(str, p.tensor_split)) if len(machine.gpus) > 1 else "",
         "LLAMACPP_CTX_SIZE": str(context),
         "LLAMACPP_THREADS": str(machine.cores) if machine.cores else "",
+        "LLAMACPP_UBATCH": str(p.ubatch) if p.ubatch != UBATCH else "",
+        "LLAMACPP_NUMA": "distribute" if machine.numa_nodes > 1 else "",
         "LLAMACPP_PARALLEL": "1",
     }
-    reasons = [p.describe(shape)]
-    if p.cpu_moe:
-        reasons.append("a token reads only a few routed experts, so experts in RAM cost least; layers stay on the GPUs")
     return Plan(name, "llamacpp", shape, context, settings, runtime.load("llamacpp").flags(settings), p.describe(shape), p.tokens_per_s,
-                p.gpu_bytes, p.ram_bytes, tuple(reasons))
+                p.gpu_bytes, p.ram_bytes, _llamacpp_reasons(shape, machine, context, p))
+
+
+def _llamacpp_reasons(shape: Shape, machine: Machine, context: int, p: Placement) -> tuple[str, ...]:
+    """One line per choice the plan makes for llama.cpp, each with its reason."""
+    reasons = [p.describe(shape)]
+    if p.experts_in_ram:
+        layers = sorted({layer for layer, _ in p.experts_in_ram})
+        reasons.append(f"a token reads only a few routed experts, so experts in RAM cost least: every layer stays on the "
+                       f"GPUs and single expert tensors fill each GPU to its {MARGIN // 2**20} MiB margin (as --fit "
+                       f"does); layer{'s' if len(layers) > 1 else ''} {_ranges(layers)} keep{'' if len(layers) > 1 else 's'} "
+                       "experts in RAM")
+    elif p.cpu_moe:
+        reasons.append("a token reads only a few routed experts, so experts in RAM cost least; layers stay on the GPUs")
+    if p.experts_in_ram or p.cpu_moe:
+        reasons.append(f"prompt micro-batch -ub {p.ubatch}: with experts in RAM, llama.cpp copies them to the GPU per "
+                       f"micro-batch, so a larger one ({HYBRID_UBATCH}) speeds prompts, at "
+                       f"{(compute_buffer(shape, True, HYBRID_UBATCH) - compute_buffer(shape, True)) / GIB:.1f} GiB more "
+                       "compute buffer per GPU taken from experts; `--measure` tries both")
+    kv = shape.kv_per_token * context
+    smallest = min((b for _, _, b in _expert_tensors(shape)), default=0)
+    reasons.append(f"KV cache f16: {kv / GIB:.2f} GiB at {context} tokens" + (
+        f"; q8_0 would free {kv / 2 / GIB:.2f} GiB, less than one expert tensor ({smallest / GIB:.2f} GiB), and costs accuracy"
+        if p.experts_in_ram and kv / 2 < smallest else "; a quantized cache costs accuracy, and -c is the lever"))
+    if machine.cores:
+        reasons.append(f"threads -t {machine.cores}: the physical cores (a second hyper-thread per core only contends "
+                       "for the memory bandwidth that expert and CPU layers are bound by)")
+    if machine.numa_nodes > 1:
+        reasons.append(f"--numa distribute: {machine.numa_nodes} NUMA nodes; spreading the threads and pages over all of "
+                       "them uses every node's memory bandwidth (drop the page cache before the first start)")
+    return tuple(reasons)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 7 as '1-3, 7'."""
+    out: list[str] = []
+    for n in numbers:
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == n - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        elif out and "-" not in out[-1] and int(out[-1]) == n - 1:
+            out[-1] = f"{out[-1]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 def ollama_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:

@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
-# `builder plan`'s proof on a GPU machine (no Docker there): an R1-shaped model that does not fit the GPU memory
-# left to it, and four ways to run it side by side, each with llama-bench pp512/tg128:
-#   recipe   -ngl N, the largest N that loads (the recipes' style)
-#   cpu-moe  every layer on the GPU, every routed expert in RAM (-ot 'ffn_.*_exps=CPU')
-#   fit      llama.cpp's own --fit (llama-bench -fitt 1024: fit with its default 1024 MiB margin)
-#   plan     what `builder plan MODEL.gguf` says (its -ngl and --n-cpu-moe)
-# then `builder bench` against llama-server started with the plan's flags.
+# `builder plan`'s proof on one GPU (issue 28): a sweep of free-memory budgets, from "only the non-expert weights
+# fit" to "everything fits", on an R1-shaped model (tests/gpu/r1_shaped.py: R1's widths, 3 dense + 5 MoE layers) at
+# two quant mixes: q4_k (every matrix Q4_K, 34.5 GB) and q2_k (routed experts Q2_K, the rest Q4_K, 21.3 GB: the
+# shape of unsloth's dynamic low-bit quants). At each budget, llama-bench pp512 and tg128 (-r 2) for:
+#   recipe    -ngl N, whole layers with their experts, the largest N that loads (the recipes' style)
+#   cpu-moe   every layer on the GPU, every routed expert in RAM (-ot 'ffn_.*_exps=CPU'); its placement does not
+#             depend on the budget, so it runs once per model, at the smallest budget where it loads
+#   fit       llama.cpp's own fit (llama-bench -fitt 1024), measured by `builder plan --measure`
+#   plan      `builder plan`'s settings (expert tensors filling the GPU, -ot), measured by `builder plan --measure`
+#   measure   `builder plan --measure`'s choice among its candidates (the plan, the plan at -ub 2048, the fit)
+# and, once, the stack's default: llama-server with stacks/llamacpp-webui.yml's own LLAMA_ARG_* defaults (no -ngl)
+# on a model larger than the free memory, through the image's entrypoint: it must serve a chat completion.
+# Output under OUT_DIR: sweep.csv and sweep.md (the table), measure-*.json, plan-*.txt, fit-params-*.txt, bench-*.json
+# and their logs, steps.txt (timed). The plot is made from sweep.csv on a machine with matplotlib:
+#   python3 tests/gpu/plan_plot.py OUT_DIR/sweep.csv docs/measurements/DATE-plan-sweep-h100/sweep.png
 #
-# Two phases, because the CUDA build alone takes most of one device call:
-#   bash tests/gpu/plan.sh build LLAMA_CPP_TARBALL OUT_DIR   compile (images/llamacpp/build.sh, sm_90) and write the model
-#   bash tests/gpu/plan.sh bench LLAMA_CPP_TARBALL OUT_DIR   hold all but FREE_GIB of the GPU, run the four, bench the plan
-# WORK_DIR (default /tmp/r1kit-plan) keeps the build and the model between the phases; WHEELS (default .cache/wheels)
-# holds the builder package's dependencies as wheels (the machine has no network).
+# Two phases, one device call each (each must end within 560 s; the bench phase stops starting new steps after
+# BENCH_SECONDS, default 470, and marks the rest "skipped: time"; a step started by then ends within 90 s):
+#   bash tests/gpu/plan.sh build LLAMA_CPP_TARBALL OUT_DIR   compile (images/llamacpp/build.sh, sm_90), write both models
+#   bash tests/gpu/plan.sh bench LLAMA_CPP_TARBALL OUT_DIR   the sweep; QUANTS (default "q4_k q2_k") and BUDGETS_<quant>
+#                                                            (GiB, space-separated) narrow it for a further call
+# WORK_DIR (default /tmp/r1kit-plan) keeps the build and the models between the phases.
+#
+# Inputs, prepared on a machine with network, from the repository root (the GPU machine has none):
+#   the source tarball (.cache/llama.cpp-0c1e57098.tar.gz, llama.cpp's pinned tree, checked against its sha256):
+#     python3 -c 'import sys; sys.path.insert(0, "tests"); from support.prerequisites import llamacpp_source; print(llamacpp_source())'
+#   the builder package's dependencies as cp312 wheels (.cache/wheels, or WHEELS=DIR):
+#     python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["plan"]))' > /tmp/r1kit-req.txt
+#     python3 -m pip download -q --dest .cache/wheels --only-binary :all: --implementation cp --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -r /tmp/r1kit-req.txt
+# The GPU machine needs python3 with torch (the filler that holds GPU memory), nvidia-smi, cmake and the CUDA toolkit.
 set -euo pipefail
 
 phase=${1:?usage: plan.sh build|bench LLAMA_CPP_TARBALL OUT_DIR}
@@ -19,136 +36,144 @@ tarball=${2:?usage: plan.sh build|bench LLAMA_CPP_TARBALL OUT_DIR}
 out=$(mkdir -p "${3:?usage: plan.sh build|bench LLAMA_CPP_TARBALL OUT_DIR}" && cd "$3" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${WORK_DIR:-/tmp/r1kit-plan}
-free_gib=${FREE_GIB:-24}
 moe_layers=${MOE_LAYERS:-5}
-model=$work/r1-shaped-Q4_K.gguf
+quants=${QUANTS:-q4_k q2_k}
 bin=$work/prefix/bin
 py=$work/py
-entrypoint=(env "LLAMACPP_HOME=$work/prefix" "PATH=$bin:$PATH" sh "$repo/images/llamacpp/entrypoint.sh")
 builder=(env "PYTHONPATH=$repo:$py:$work/src/gguf-py" python3 -m builder.cli)
-log() { echo "[$(date +%T)] $*" | tee -a "$out/steps.txt"; }
+start=$(date +%s)
+log() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*" | tee -a "$out/steps.txt"; }
+model() { echo "$work/r1-shaped-$1.gguf"; }
 
 if [ "$phase" = build ]; then
   rm -rf "$work" && mkdir -p "$work/src" "$py"
   tar -xzf "$tarball" -C "$work/src" --strip-components=1
   nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version,compute_cap --format=csv,noheader | tee "$out/gpu.txt"
-  lscpu | grep -E "Model name|^CPU\(s\)|Thread|NUMA node\(s\)" | tee "$out/cpu.txt"
-  python3 -m pip install -q --no-index --no-deps --target "$py" "${WHEELS:-$repo/.cache/wheels}"/*.whl > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
+  lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core\(s\)|NUMA node\(s\)" | tee "$out/cpu.txt"
+  df -h "$work" | tee "$out/disk.txt"
+  # Both models together are 56 GB; the build another 2.
+  avail=$(df --output=avail -B1G "$work" | tail -1 | tr -d ' ')
+  [ "$avail" -ge 60 ] || { echo "plan.sh: $work has $avail GiB free; the models and the build need 60: set WORK_DIR" >&2; exit 1; }
+  timeout 120 python3 -m pip install -q --no-index --no-deps --target "$py" "${WHEELS:-$repo/.cache/wheels}"/*.whl > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
   log "build start"
-  start=$(date +%s)
-  ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
+  ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout 500 bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
     # llama.cpp's own answer to "what fits", printed as flags (it runs from the build folder, beside its libraries).
-    cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
-  builder_pid=$!
-  PYTHONPATH="$work/src/gguf-py:$repo/images/llamacpp:$repo/tests/gpu" python3 "$repo/tests/gpu/r1_shaped.py" "$model" --moe-layers "$moe_layers" | tee -a "$out/steps.txt"
-  wait "$builder_pid" || { tail -40 "$out/build.log"; exit 1; }
-  log "build done in $(( $(date +%s) - start )) s"
-  "${builder[@]}" plan "$model" --json > "$out/plan-unfilled.json" 2> "$out/plan-unfilled.err" || cat "$out/plan-unfilled.err"
+    timeout 60 cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
+  compile=$!
+  for q in $quants; do
+    PYTHONPATH="$work/src/gguf-py:$repo/images/llamacpp:$repo/tests/gpu" timeout 300 python3 "$repo/tests/gpu/r1_shaped.py" \
+      "$(model "$q")" --moe-layers "$moe_layers" --mix "$q" | tee -a "$out/steps.txt"
+  done
+  wait "$compile" || { tail -40 "$out/build.log"; exit 1; }
+  log "build done"
+  for q in $quants; do
+    timeout 60 "${builder[@]}" plan "$(model "$q")" > "$out/plan-unfilled-$q.txt" 2>&1 || cat "$out/plan-unfilled-$q.txt"
+  done
   touch "$work/built"
   exit 0
 fi
 
 [ "$phase" = bench ] || { echo "plan.sh: phase must be build or bench" >&2; exit 2; }
 [ -e "$work/built" ] || { echo "plan.sh: no build in $work: the machine went cold between the phases; run the build phase again" >&2; exit 3; }
+deadline=$(( start + ${BENCH_SECONDS:-470} ))
+time_left() { [ "$(date +%s)" -lt "$deadline" ]; }
 
-# Hold all but FREE_GIB of each GPU's memory, as if the cards were smaller (the recipes' 24 GB RTX 4090s). A previous
-# run's readiness file would let this one plan before the filler holds anything.
-rm -f "$work/filler.ready"
-python3 - "$free_gib" "$work/filler.ready" <<'PY' &
-import sys, time, torch
-keep = int(float(sys.argv[1]) * 2**30)
-held, lines = [], []
-for d in range(torch.cuda.device_count()):
-    free, total = torch.cuda.mem_get_info(d)
-    held.append(torch.empty(max(free - keep, 0), dtype=torch.uint8, device=f"cuda:{d}"))
-    lines.append(f"GPU{d}: held {held[-1].numel() / 2**30:.1f} GiB of {total / 2**30:.1f}")
-open(sys.argv[2], "w").write("\n".join(lines) + "\n")
-time.sleep(3600)
+# One filler process holds all but the wanted free memory of the GPU, and is told each budget through $want. It
+# answers in $ready with the budget it holds for, so a reply left by an earlier budget or an earlier run (this
+# script's old bug) never passes for this one.
+want=$work/filler.want ready=$work/filler.ready
+rm -f "$want" "$ready"
+python3 - "$want" "$ready" > "$out/filler.log" 2>&1 <<'PY' &
+import os, sys, time, torch
+want, ready = sys.argv[1:]
+held, current = None, None
+while True:
+    try:
+        target = open(want).read().strip()
+    except OSError:
+        target = None
+    if target and target != current:
+        held = None
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(0)
+        held = torch.empty(max(free - int(float(target) * 2**30), 0), dtype=torch.uint8, device="cuda:0")
+        free_after = torch.cuda.mem_get_info(0)[0]
+        current = target
+        with open(ready + ".tmp", "w") as f:
+            f.write(f"{target} held {held.numel() / 2**30:.1f} GiB of {total / 2**30:.1f}, {free_after / 2**20:.0f} MiB free\n")
+        os.replace(ready + ".tmp", ready)
+    time.sleep(0.2)
 PY
 filler=$!
 trap 'kill $filler 2>/dev/null || true' EXIT
-for _ in $(seq 120); do [ -e "$work/filler.ready" ] && break; sleep 0.5; done
-cat "$work/filler.ready" | tee -a "$out/steps.txt"
-nvidia-smi --query-gpu=memory.total,memory.used,memory.free --format=csv,noheader | tee -a "$out/steps.txt"
+hold() {  # hold GIB: leave GIB free on the GPU
+  echo "$1" > "$want"
+  for _ in $(seq 300); do
+    if [ -e "$ready" ] && [ "$(cut -d' ' -f1 "$ready")" = "$1" ]; then
+      log "filler: $(cat "$ready")"
+      return 0
+    fi
+    kill -0 "$filler" 2> /dev/null || { echo "plan.sh: the filler died: $(tail -3 "$out/filler.log")" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "plan.sh: the filler did not hold $1 GiB free within 60 s" >&2; exit 1
+}
 
-log "plan"
-"${builder[@]}" plan "$model" > "$out/plan.txt" 2>&1 || { cat "$out/plan.txt"; exit 1; }
-"${builder[@]}" plan "$model" --json > "$out/plan.json"
-cat "$out/plan.txt"
-# llama-bench separates GPUs in a split with '/' (a ',' separates values to sweep).
-read -r ngl ncmoe split < <(python3 -c "
-import json; s = json.load(open('$out/plan.json'))['settings']
-print(99 if s['LLAMACPP_N_GPU_LAYERS'] == 'all' else s['LLAMACPP_N_GPU_LAYERS'], s['LLAMACPP_N_CPU_MOE'] or 0,
-      s['LLAMACPP_TENSOR_SPLIT'].replace(',', '/') or '-')")
-gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
-threads=$(nproc)
+# The entrypoint probes the CPU variants at each start; probe once, then name the winner (its own knob).
+entry=(env "LLAMACPP_HOME=$work/prefix" "PATH=$bin:$PATH")
+variant=$("${entry[@]}" sh "$repo/images/llamacpp/entrypoint.sh" llama-bench --list-devices 2>&1 | sed -n 's/.*CPU variant \([a-z0-9_]*\) for a .*/\1/p' | head -1)
+log "CPU variant: ${variant:-none (a single CPU backend)}"
+entry+=("LLAMACPP_CPU_VARIANT=${variant:-auto}")
+entrypoint=("${entry[@]}" sh "$repo/images/llamacpp/entrypoint.sh")
+threads=$(lscpu -p=CORE | grep -v '^#' | sort -u | wc -l)
 
-log "fit-params"
-# Not an image tool, so not through the entrypoint: the CPU variant the entrypoint picks for deepseek2 is named here.
-GGML_BACKEND_PATH=$work/prefix/lib/ggml-cpu/libggml-cpu-${FIT_CPU_VARIANT:-zen4}.so "$work/src/build/bin/llama-fit-params" \
-  -m "$model" -c 8192 -fa on > "$out/fit-params.txt" 2> "$out/fit-params.log" || tail -5 "$out/fit-params.log"
-cat "$out/fit-params.txt"
+row() {  # row QUANT GIB WAY SETTINGS BENCH_JSON|"" STATUS: one line of sweep.csv
+  python3 - "$@" >> "$out/sweep.csv" <<'PY'
+import csv, json, sys
+quant, gib, way, settings, bench, status = sys.argv[1:]
+pp = tg = {}
+if bench:
+    try:
+        rows = json.load(open(bench))
+        pp = next(r for r in rows if r["n_prompt"] and not r["n_gen"])
+        tg = next(r for r in rows if r["n_gen"] and not r["n_prompt"])
+    except (OSError, ValueError, StopIteration, KeyError):
+        status = status or "no result"
+f = lambda r, k: f"{r[k]:.2f}" if r else ""
+csv.writer(sys.stdout).writerow([quant, gib, way, settings, f(pp, "avg_ts"), f(pp, "stddev_ts"), f(tg, "avg_ts"), f(tg, "stddev_ts"), status])
+PY
+}
+echo "quant,free_gib,way,settings,pp512,pp512_sd,tg128,tg128_sd,status" > "$out/sweep.csv"
 
-common=(-m "$model" -fa 1 -t "$threads" -p 512 -n 128 -r 2 -o json)
-bench() {  # bench NAME ARGS...: one llama-bench row, or the reason it failed
+bench() {  # bench NAME ARGS...: one llama-bench run through the entrypoint into bench-NAME.json; its status on failure
   local name=$1; shift
   log "llama-bench $name: $*"
-  if "${entrypoint[@]}" llama-bench "${common[@]}" "$@" > "$out/bench-$name.json" 2> "$out/bench-$name.log"; then
-    return 0
-  fi
-  echo "$name failed: $(grep -iE "out of memory|failed|error" "$out/bench-$name.log" | head -2 | tr '\n' ' ')" | tee -a "$out/steps.txt"
+  timeout 120 "${entrypoint[@]}" llama-bench -m "$m" -fa 1 -t "$threads" -p 512 -n 128 -r 2 -o json "$@" \
+    > "$out/bench-$name.json" 2> "$out/bench-$name.log" && return 0
+  local status=$? why
+  why=$(grep -iE "out of memory|failed|error" "$out/bench-$name.log" | head -1 | tr -d ',' | cut -c1-120 || true)
+  echo "${why:-exit status $status}" > "$out/bench-$name.why"
+  log "$name failed: $(cat "$out/bench-$name.why")"
   return 1
 }
 
-# The recipes' style: the largest -ngl that loads, found top down (each failed try is a quick out-of-memory).
-layers=$(( 3 + moe_layers ))
-for n in $(seq "$layers" -1 0); do
-  if "${entrypoint[@]}" llama-bench -m "$model" -fa 1 -t "$threads" -ngl "$n" -p 0 -n 1 -r 1 > /dev/null 2>&1; then
-    echo "recipe: -ngl $n is the largest that loads" | tee -a "$out/steps.txt"
-    break
-  fi
-done
-bench recipe -ngl "$n" || true
-bench cpu-moe -ngl 99 -ot 'ffn_.*_exps=CPU' || true
-bench fit -fitt 1024 || true
-if [ "$gpus" -gt 1 ]; then
-  # Several GPUs: the plan's split against an even one, and layer against row split (issue 10).
-  even=$(python3 -c "print('/'.join(['1'] * $gpus))")
-  bench even -ngl "$ngl" -ncmoe "$ncmoe" -sm layer -ts "$even" || true
-  bench row -ngl "$ngl" -ncmoe "$ncmoe" -sm row -ts "$split" || true
-  bench plan -ngl "$ngl" -ncmoe "$ncmoe" -sm layer -ts "$split" || true
-else
-  bench plan -ngl "$ngl" -ncmoe "$ncmoe" || true
-fi
-
-python3 - "$out" <<'PY' | tee "$out/table.md"
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-print("| way | settings | pp512 t/s | tg128 t/s |")
-print("| --- | --- | ---: | ---: |")
-for name in ("recipe", "cpu-moe", "fit", "even", "row", "plan"):
-    f = out / f"bench-{name}.json"
-    if not f.exists():
-        continue
-    try:
-        rows = json.loads(f.read_text())
-    except (OSError, ValueError):
-        print(f"| {name} | | failed | failed |")
-        continue
-    pp = next((r for r in rows if r["n_prompt"]), None)
-    tg = next((r for r in rows if r["n_gen"]), None)
-    r = rows[0]
-    desc = f"ngl {r['n_gpu_layers']}" + (f", sm {r['split_mode']}, ts {r['tensor_split']}" if r.get("tensor_split") not in (None, "", "0.00") else "") + (f", ncmoe {r.get('n_cpu_moe')}" if r.get("n_cpu_moe") else "") + (f", ot {r['tensor_buft_overrides']}" if r.get("tensor_buft_overrides") not in (None, "none", "") else "")
-    fmt = lambda x: f"{x['avg_ts']:.1f} ± {x['stddev_ts']:.1f}" if x else "-"
-    print(f"| {name} | {desc} | {fmt(pp)} | {fmt(tg)} |")
+# The sweep's budgets per model, in GiB: from "the non-expert weights, the compute buffer and the margin fit" to
+# "everything fits", six steps, from the GGUF's own tensor table.
+budgets() {
+  PYTHONPATH="$repo:$py:$work/src/gguf-py" python3 - "$1" <<'PY'
+import math, sys
+from pathlib import Path
+from builder.models.shapes import from_gguf
+s = from_gguf(Path(sys.argv[1]))
+lo = math.ceil((s.total - s.experts) / 2**30 + 3.7)  # + compute buffer with an expert tensor, margin
+hi = math.ceil(s.total / 2**30 + 4)                  # + compute buffer, margin, KV, slack
+print(" ".join(str(round(lo + (hi - lo) * i / 5)) for i in range(6)))
 PY
+}
 
-# The stack's default (issue 28): llama-server with the llama.cpp stack's own default LLAMA_ARG_* values (read from
-# stacks/llamacpp-webui.yml with no .env; the entrypoint drops the empty ones), on this model that the free memory
-# cannot hold. Then the old default, -ngl all, for contrast.
-serve_default() {  # serve_default NAME [VAR=VALUE ...]: start, wait for /health, one completion, stop
-  local name=$1; shift
-  local envs
+# The stack's default, once, on the first model at its third budget (the model does not fit; the issue's 20 GiB).
+serve_default() {
+  local m=$1 envs pid served=no
   envs=$(PYTHONPATH=$py python3 - "$repo/stacks/llamacpp-webui.yml" <<'PY'
 import re, shlex, sys, yaml
 env = yaml.safe_load(open(sys.argv[1]))["services"]["llamacpp"]["environment"]
@@ -158,48 +183,111 @@ for key, value in env.items():
         print(f"{key}={shlex.quote(default.group(1))}")
 PY
 )
-  log "stack $name: $(tr '\n' ' ' <<< "$envs")$*"
-  eval "env $(tr '\n' ' ' <<< "$envs") $* LLAMA_ARG_MODEL=$model ${entrypoint[*]} --host 127.0.0.1 --port 8092 --api-key k" \
-    > "$out/server-$name.log" 2>&1 &
-  local pid=$! served=no
-  for _ in $(seq 600); do
+  log "stack default: $(tr '\n' ' ' <<< "$envs")"
+  eval "env $(tr '\n' ' ' <<< "$envs") LLAMA_ARG_MODEL=$m ${entrypoint[*]} --host 127.0.0.1 --port 8092 --api-key k" \
+    > "$out/server-default.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do
     if curl -sf http://127.0.0.1:8092/health > /dev/null; then served=yes; break; fi
     kill -0 "$pid" 2> /dev/null || break
     sleep 0.5
   done
-  if [ "$served" = yes ] && curl -sf -H 'Authorization: Bearer k' -H 'Content-Type: application/json' \
-       -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":8}' http://127.0.0.1:8092/v1/chat/completions > "$out/chat-$name.json"; then
-    echo "stack $name: served a chat completion ($(python3 -c "import json; print(json.load(open('$out/chat-$name.json'))['usage']['completion_tokens'])") tokens)" | tee -a "$out/steps.txt"
+  if [ "$served" = yes ] && curl -sf -m 60 -H 'Authorization: Bearer k' -H 'Content-Type: application/json' \
+       -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":8}' http://127.0.0.1:8092/v1/chat/completions > "$out/chat-default.json"; then
+    log "stack default: served a chat completion ($(python3 -c "import json; print(json.load(open('$out/chat-default.json'))['usage']['completion_tokens'])") tokens)"
   else
-    echo "stack $name: did not serve: $(grep -iE "out of memory|failed to fit|abort|error" "$out/server-$name.log" | head -3 | tr '\n' ' ')" | tee -a "$out/steps.txt"
+    log "stack default: did not serve: $(grep -iE "out of memory|failed to fit|abort|error" "$out/server-default.log" | head -3 | tr '\n' ' ')"
   fi
-  grep -E "offloaded|CUDA0 model buffer|CPU_Mapped model buffer|fitting params" "$out/server-$name.log" | head -6 | tee -a "$out/steps.txt" || true
+  grep -E "offloaded|CUDA0 model buffer|CPU_Mapped model buffer|fitting params|fit" "$out/server-default.log" | head -8 | tee -a "$out/steps.txt" || true
   kill "$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
 }
-serve_default default
-serve_default old-default LLAMA_ARG_N_GPU_LAYERS=all
 
-# builder bench against llama-server started as the stack starts it: the plan's settings as the stack's LLAMA_ARG_*
-# variables (stacks/llamacpp-webui.yml), through the image's entrypoint.
-eval "$(python3 -c "
-import json, shlex
-s = json.load(open('$out/plan.json'))['settings']
-stack = {'LLAMACPP_N_GPU_LAYERS': 'LLAMA_ARG_N_GPU_LAYERS', 'LLAMACPP_N_CPU_MOE': 'LLAMA_ARG_N_CPU_MOE',
-         'LLAMACPP_SPLIT_MODE': 'LLAMA_ARG_SPLIT_MODE', 'LLAMACPP_TENSOR_SPLIT': 'LLAMA_ARG_TENSOR_SPLIT',
-         'LLAMACPP_CTX_SIZE': 'LLAMA_ARG_CTX_SIZE', 'LLAMACPP_THREADS': 'LLAMA_ARG_THREADS'}
-print(' '.join(f'export {stack[k]}={shlex.quote(v)};' for k, v in s.items() if k in stack))")"
-env | grep '^LLAMA_ARG_' | sort | tee "$out/server-env.txt"
-log "llama-server with $(tr '\n' ' ' < "$out/server-env.txt")"
-"${entrypoint[@]}" -m "$model" -fa on --host 127.0.0.1 --port 8091 --api-key plan-key > "$out/server.log" 2>&1 &
-server=$!
-trap 'kill $filler $server 2>/dev/null || true' EXIT
-for _ in $(seq 240); do curl -sf http://127.0.0.1:8091/health > /dev/null && break; sleep 0.5; done
-printf 'plan-key' > "$work/key"
-"${builder[@]}" bench http://127.0.0.1:8091 --api-key-file "$work/key" --concurrency "${CONCURRENCY:-1,4,16}" \
-  --requests "${REQUESTS:-16}" --prompt-tokens 512 --max-tokens 64 --json "$out/bench.json" --plot "$out/bench.png" \
-  > "$out/bench.md" 2> "$out/bench.log" || tail -5 "$out/bench.log"
-cat "$out/bench.md"
-# Where the weights went, as llama-server says it: each device and its share.
-grep -E "offload|CUDA[0-9].*buffer|CPU.*buffer|using device|graph splits" "$out/server.log" | head -30 | tee "$out/server-memory.txt" || true
+# --measure's cache from an earlier run would answer without measuring: this run measures.
+for q in $quants; do rm -f "$(dirname "$(model "$q")")/.$(basename "$(model "$q")").r1kit-measure.json"; done
+first=yes
+for q in $quants; do
+  m=$(model "$q")
+  var=BUDGETS_$q
+  read -r -a gibs <<< "${!var:-$(budgets "$m")}"
+  log "$q: budgets ${gibs[*]} GiB"
+  cpu_moe_done=no
+  for i in "${!gibs[@]}"; do
+    gib=${gibs[$i]} tag="$q-${gibs[$i]}"
+    if ! time_left; then
+      for way in recipe cpu-moe fit plan measure; do row "$q" "$gib" "$way" "" "" "skipped: time"; done
+      continue
+    fi
+    hold "$gib"
+    if [ "$first" = yes ] && [ "$i" = 2 ]; then serve_default "$m"; first=no; fi
+
+    # The plan and --measure's choice (its candidates: the plan, the plan at -ub 2048, llama.cpp's fit).
+    timeout 60 "${builder[@]}" plan "$m" > "$out/plan-$tag.txt" 2>&1 || true
+    log "measure $tag"
+    if timeout 200 "${builder[@]}" plan "$m" --measure --llama-bench "${entrypoint[*]} llama-bench" --json \
+         > "$out/measure-$tag.json" 2> "$out/measure-$tag.log"; then
+      python3 - "$out/measure-$tag.json" "$q" "$gib" >> "$out/sweep.csv" <<'PY'
+import csv, json, sys
+m = json.load(open(sys.argv[1]))
+w = csv.writer(sys.stdout)
+by_name = {r["name"]: r for r in m["measured"]}
+def line(way, r, note=""):
+    status = r["error"] or note
+    nums = [f"{r[k]:.2f}" for k in ("pp512", "pp512_sd", "tg128", "tg128_sd")] if not r["error"] else ["", "", "", ""]
+    w.writerow([sys.argv[2], sys.argv[3], way, " ".join(r["args"]), *nums, status])
+line("fit", by_name["llama.cpp fit"])
+line("plan", by_name["plan"])
+line("measure", by_name[m["chosen"]], f"chose {m['chosen']}" + (" (cached)" if m["cached"] else ""))
+PY
+      # The cache: the same question again is answered from the file beside the model, without llama-bench.
+      if [ "$i" = 0 ]; then
+        if timeout 60 "${builder[@]}" plan "$m" --measure --llama-bench false --json > /dev/null 2> "$out/measure-again-$tag.log"; then
+          log "measure again: $(grep -h 'measurement in' "$out/measure-again-$tag.log")"
+        else
+          log "measure again failed: $(tail -1 "$out/measure-again-$tag.log")"
+        fi
+      fi
+    else
+      log "measure failed: $(tail -2 "$out/measure-$tag.log" | tr '\n' ' ')"
+      for way in fit plan measure; do row "$q" "$gib" "$way" "" "" "measure failed"; done
+    fi
+
+    # The recipes' style: the largest -ngl whose whole layers fit, from the planner's whole-layer placement (Ollama's
+    # engine: no experts apart), then down one at a time until one loads.
+    time_left || { row "$q" "$gib" recipe "" "" "skipped: time"; continue; }
+    ngl=$(timeout 60 "${builder[@]}" plan "$m" --engine ollama --json 2> /dev/null | python3 -c "import json, sys; print(json.load(sys.stdin)['settings']['OLLAMA_NUM_GPU'])" || echo 1)
+    status="did not load"
+    for n in $(seq "$ngl" -1 $(( ngl > 3 ? ngl - 3 : 0 ))); do
+      if bench "recipe-$tag" -ngl "$n"; then status=""; break; fi
+    done
+    row "$q" "$gib" recipe "-ngl $n" "$out/bench-recipe-$tag.json" "$status"
+
+    # Every expert in RAM: one placement whatever the budget, measured once per model where it first loads.
+    if [ "$cpu_moe_done" = no ] && time_left; then
+      if bench "cpu-moe-$q" -ngl 999 -ot 'ffn_.*_exps=CPU'; then
+        cpu_moe_done=$gib
+        row "$q" "$gib" cpu-moe "-ngl 999 -ot ffn_.*_exps=CPU" "$out/bench-cpu-moe-$q.json" ""
+      else
+        row "$q" "$gib" cpu-moe "-ngl 999 -ot ffn_.*_exps=CPU" "" "$(cat "$out/bench-cpu-moe-$q.why")"
+      fi
+    elif [ "$cpu_moe_done" != no ]; then
+      row "$q" "$gib" cpu-moe "-ngl 999 -ot ffn_.*_exps=CPU" "$out/bench-cpu-moe-$q.json" "as at $cpu_moe_done GiB (same placement)"
+    fi
+
+    # What llama.cpp's fit chose at this budget, as flags (no weights are loaded).
+    GGML_BACKEND_PATH=$work/prefix/lib/ggml-cpu/libggml-cpu-${variant:-zen4}.so timeout 60 "$work/src/build/bin/llama-fit-params" \
+      -m "$m" -c 8192 -fa on > "$out/fit-params-$tag.txt" 2> "$out/fit-params-$tag.log" || tail -2 "$out/fit-params-$tag.log"
+    log "fit-params $tag: $(cat "$out/fit-params-$tag.txt")"
+  done
+done
+
+python3 - "$out/sweep.csv" <<'PY' | tee "$out/sweep.md"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print("| model | free GiB | way | pp512 t/s | tg128 t/s | settings / status |")
+print("| --- | ---: | --- | ---: | ---: | --- |")
+for r in rows:
+    num = lambda k: f"{float(r[k]):.1f} ± {float(r[k + '_sd']):.1f}" if r[k] else "-"
+    print(f"| {r['quant']} | {r['free_gib']} | {r['way']} | {num('pp512')} | {num('tg128')} | `{r['settings']}` {r['status']} |")
+PY
 log "done"

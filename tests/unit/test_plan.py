@@ -20,6 +20,11 @@ from support.prerequisites import REPO
 from support.tiny_gguf import write_tiny_deepseek2
 
 
+def layers_with_experts_in_ram(settings) -> set[int]:
+    """The layers the plan's -ot pattern names (each keeps some or all of its routed-expert tensors in RAM)."""
+    return {int(n) for group in re.findall(r"blk\\\.\(([\d|]+)\)", settings["LLAMACPP_OVERRIDE_TENSOR"]) for n in group.split("|")}
+
+
 def machine(gpus: str, ram: float, cores: int, cpu: str, numa: int = 1, nodes: int = 1) -> hardware.Machine:
     return hardware.describe(gpus=gpus, ram_gib=ram, cores=cores, cpu=cpu, numa=numa, nodes=nodes)
 
@@ -38,7 +43,7 @@ def test_4x_a100_runs_q8_with_experts_in_ram_and_beats_the_recipes_ngl_20(catalo
     plan, passed = recommend(catalog, box, None, None)
     assert (plan.model, plan.engine) == ("r1-0528-q8_0", "llamacpp")
     s = plan.settings
-    assert s["LLAMACPP_N_GPU_LAYERS"] == "all" and 3 < int(s["LLAMACPP_N_CPU_MOE"]) < 61
+    assert s["LLAMACPP_N_GPU_LAYERS"] == "all" and 0 < len(layers_with_experts_in_ram(s)) < 58
     split = [int(x) for x in s["LLAMACPP_TENSOR_SPLIT"].split(",")]
     assert len(split) == 4 and sum(split) == 61 + 1 and s["LLAMACPP_SPLIT_MODE"] == "layer"  # the output head counts too
     assert all(b <= 80 * hardware.GIB for b in plan.gpu_bytes)
@@ -76,14 +81,14 @@ def test_3090ti_with_96gb_is_told_r1_does_not_fit_and_gets_the_32b_distill(catal
 def test_a6000_with_256gb_runs_r1_0528s_2_7_bit_quant(catalog):
     box = machine("1xA6000", 256, 32, "avx512")
     plan, _ = recommend(catalog, box, None, None)
-    assert plan.model == "r1-0528-ud-q2_k_xl" and plan.settings["LLAMACPP_N_CPU_MOE"]
+    assert plan.model == "r1-0528-ud-q2_k_xl" and layers_with_experts_in_ram(plan.settings)
 
 
 def test_amx_xeon_with_one_24gb_gpu_keeps_most_experts_in_ram(catalog):
     box = machine("1x24", 512, 32, "amx", numa=1)
     plan, _ = recommend(catalog, box, None, None)
     assert plan.model == "r1-0528-q4_k_m" and plan.engine == "llamacpp"
-    assert int(plan.settings["LLAMACPP_N_CPU_MOE"]) > 55  # 24 GB holds the attention and few experts
+    assert len(layers_with_experts_in_ram(plan.settings)) > 52  # 24 GB holds the attention and few experts
     assert box.cpu_level == "amx" and {"avx512", "avx2"} <= box.cpu_flags
 
 
@@ -205,7 +210,7 @@ def test_plan_write_then_compose_reaches_llama_server(tmp_path):
     resolved = json.loads(compose(["llamacpp-webui.yml"], "--env-file", str(env), "config", "--format", "json").stdout)
     server = resolved["services"]["llamacpp"]["environment"]
     assert server["LLAMA_ARG_N_GPU_LAYERS"] == plan["LLAMACPP_N_GPU_LAYERS"] == "all"
-    assert server["LLAMA_ARG_N_CPU_MOE"] == plan["LLAMACPP_N_CPU_MOE"] != ""
+    assert server["LLAMA_ARG_OVERRIDE_TENSOR"] == plan["LLAMACPP_OVERRIDE_TENSOR"] != ""
     assert server["LLAMA_ARG_TENSOR_SPLIT"] == plan["LLAMACPP_TENSOR_SPLIT"] and len(plan["LLAMACPP_TENSOR_SPLIT"].split(",")) == 4
     assert server["LLAMA_ARG_SPLIT_MODE"] == "layer" and server["LLAMA_ARG_THREADS"] == "64"
     assert "r1-671b-ud-iq1_s" in resolved["services"]["model-init"]["command"]
