@@ -27,7 +27,7 @@ for name in "$@"; do
         echo "secrets-init: $name: kept from an earlier start"
         continue
     elif case " ${SECRETS_REQUIRED:-} " in *" $name "*) true ;; *) false ;; esac; then
-        echo "error: $name is not set: give this node the head's value (stacks/.env, see README \"Several nodes\")" >&2
+        echo "error: $name is not set: give this node the head's value (stacks/.env, see docs/clusters.md)" >&2
         exit 2
     else
         # 32 random bytes as 64 hex digits: od and tr are in every image with coreutils.

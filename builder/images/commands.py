@@ -92,7 +92,7 @@ def stage_command(ctx: click.Context, target: str, variant: str | None, sets: tu
 @click.argument("target")
 @option_flags
 @click.option("--platform", "platforms", multiple=True, help="linux/amd64, linux/arm64 (repeat or comma-separate).")
-@click.option("--tag", "tags", multiple=True, help="Image reference to tag (default: the project's scheme, see README).")
+@click.option("--tag", "tags", multiple=True, help="Image reference to tag (default: the project's scheme, see docs/publishing.md).")
 @click.option("--registry", help="Registry and owner for the default tags (default $BUILDER_REGISTRY or ghcr.io/r1kit).")
 @release_flag
 @click.option("--push", is_flag=True, help="Push the image (and build every --platform).")
@@ -139,7 +139,7 @@ def tags_command(ctx: click.Context, target: str, variant: str | None, sets: tup
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
 def sync_command(check: bool) -> None:
     """Regenerate what derives from images/*/image.yaml: the committed renders, the stacks' default image tags,
-    the README's tag table."""
+    the docs' tag table (docs/publishing.md) and image references."""
     root = repo_root()
     cat = catalog.load()
     if check:

@@ -34,7 +34,7 @@ DEFAULT_BRANCH = "refs/heads/main"
 # The events that may publish from main; pull requests and anything from another branch only build.
 MAIN_EVENTS = ("push", "schedule", "workflow_dispatch")
 RELEASE_EVENTS = ("push", "workflow_dispatch")
-# The README's `cosign verify --certificate-identity-regexp` must accept exactly the refs that publish.
+# docs/publishing.md's `cosign verify --certificate-identity-regexp` must accept exactly the refs that publish.
 RELEASE_REF = re.compile(r"^refs/tags/(v\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?)$")
 DIGEST_NAME = re.compile(r"^[0-9a-f]{64}$")
 # OCI annotations on every index (GHCR shows the description of a multi-arch image from the index, not its labels).

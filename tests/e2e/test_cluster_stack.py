@@ -103,7 +103,7 @@ for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", sock
 print(json.dumps(out))
 """
 # Ray 2.60's gRPC servers that listen on every interface whatever --node-ip-address says (no option binds them:
-# see the README's security section): the GCS, the raylet (node manager and object manager) and the workers'.
+# see docs/stacks.md, "Routes open without the key"): the GCS, the raylet (node manager and object manager) and the workers'.
 WILDCARD_OK = ("gcs_server", "raylet", "ray::")
 
 

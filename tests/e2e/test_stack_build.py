@@ -1,5 +1,5 @@
 """`docker compose ... build` with no registry: llama.cpp's image from its committed render, llama.cpp's source from a
-local source/ folder (LLAMACPP_SOURCE=local), as the README's no-registry build does.
+local source/ folder (LLAMACPP_SOURCE=local), as the no-registry build in docs/stacks.md does.
 
 model-init's compose build is not run here: it installs the builder package's dependencies from PyPI inside the
 build, which containers here cannot verify (issue 3's PIP_SOURCE=local wheelhouse is a `builder build` path)."""

@@ -4,7 +4,7 @@ model-init fetches the default safetensors distill from the local Hub into its o
 secrets-init makes the keys; the vLLM service starts from the image's entrypoint. What stops it is asserted: a bad
 setting stops it in the preflight with one line (exit 2); with the defaults the preflight notes that no GPU is
 visible and vLLM itself stops, unable to find a device (exit 1). Open WebUI, waiting for a healthy engine, never
-starts. Never run: vLLM loading and serving the model (it needs an NVIDIA GPU; README, "vLLM")."""
+starts. Never run: vLLM loading and serving the model (it needs an NVIDIA GPU; docs/vllm.md)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ cannot verify PyPI's certificate; every wheel is still checked against its sha25
 CPU variants: kt-kernel's extensions run under QEMU's user-mode emulator with `-cpu Haswell` (AVX2, no AVX-512) and
 `-cpu Icelake-Server` (the newest server model QEMU 7.2 knows; it has no Sapphire Rapids model, and its TCG emulates
 neither AVX-512 nor AMX, so both models run AVX2 code at most), and natively on this machine's CPU. No server starts:
-it needs a GPU (README, "ktransformers")."""
+it needs a GPU (docs/builder.md, "ktransformers images")."""
 
 from __future__ import annotations
 

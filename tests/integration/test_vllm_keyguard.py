@@ -87,7 +87,7 @@ def test_a_root_path_moves_the_open_route_with_it(vllm_python: Path):
 
 def test_vllms_own_key_check_leaves_routes_open(vllm_python: Path):
     """Why the middleware exists: with VLLM_API_KEY alone, vLLM (0.33.0) guards /v1, /v2, /inference and
-    /cohere only. If this fails, vLLM now guards more: revisit r1kit_keyguard.py and the README."""
+    /cohere only. If this fails, vLLM now guards more: revisit r1kit_keyguard.py and docs/stacks.md ("Routes open without the key")."""
     out = probe(vllm_python, EVERY_ROUTER)
     assert "KeyOnEveryRoute" not in out["middleware"] and "AuthenticationMiddleware" in out["middleware"]
     opened = {r["path"] for r in out["routes"] if r["without"] != 401}

@@ -52,7 +52,7 @@ def test_cpu_tags(cpu):
 
 
 def test_the_versioned_tag_is_the_engine_version_from_image_yaml(cuda):
-    # README and the stacks name it too: `builder sync` writes them (tests/unit/test_sync.py).
+    # The docs and the stacks name it too: `builder sync` writes them (tests/unit/test_sync.py).
     assert cuda.version == cuda.pin.version
     assert tags.image_refs(cuda, {})[0] == f"ghcr.io/r1kit/llamacpp-cuda:{cuda.version}-cu12"
 
