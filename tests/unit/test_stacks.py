@@ -711,3 +711,26 @@ def test_open_webui_start_stops_where_a_key_file_is_missing(tmp_path: Path, miss
     result = open_webui_start(tmp_path, R1KIT_WEBUI_SECRET_KEY_FILE=str(files["webui"]), R1KIT_OPENAI_API_KEY_FILE=str(files["engine"]))
     assert result.returncode != 0 and result.stdout == ""
     assert f"cat: {files[missing]}: No such file or directory" in result.stderr
+
+
+# What makes each engine return R1's thinking apart from the answer, where Open WebUI shows it as reasoning
+# (docs/reasoning.md): llama-server's variables, or the serve arguments. Ollama has no such setting; a cluster worker
+# serves nothing itself.
+REASONING = {
+    "llamacpp-webui.yml": {"LLAMA_ARG_JINJA": "true", "LLAMA_ARG_THINK": "deepseek"},
+    "vllm-webui.yml": ["--reasoning-parser=deepseek_r1"],
+    "cluster-head.yml": ["--reasoning-parser=deepseek_r1"],
+    "ktransformers-webui.yml": ["--reasoning-parser", "deepseek-r1"],
+}
+
+
+@pytest.mark.parametrize("name", [n for n in COMBOS if COMBOS[n][0] in REASONING])
+def test_every_engine_returns_r1s_thinking_apart_from_the_answer(name: str):
+    stack = COMBOS[name][0]
+    service = config(COMBOS[name])["services"][ENGINE[stack][0]]
+    want = REASONING[stack]
+    if isinstance(want, dict):
+        assert {k: service["environment"].get(k) for k in want} == want
+    else:
+        command = service["command"]
+        assert any(command[i:i + len(want)] == want for i in range(len(command))), command
