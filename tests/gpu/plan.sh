@@ -252,12 +252,12 @@ PY
       for way in fit plan measure; do row "$q" "$gib" "$way" "" "" "measure failed"; done
     fi
 
-    # The recipes' style: the largest -ngl whose whole layers fit, from the planner's whole-layer placement (Ollama's
-    # engine: no experts apart), then down one at a time until one loads.
+    # The recipes' style: the largest -ngl that loads, tried top down from one above the planner's whole-layer
+    # placement (Ollama's engine: no experts apart); each try that does not fit fails fast, at allocation.
     time_left || { row "$q" "$gib" recipe "" "" "skipped: time"; continue; }
     ngl=$(timeout 60 "${builder[@]}" plan "$m" --engine ollama --json 2> /dev/null | python3 -c "import json, sys; print(json.load(sys.stdin)['settings']['OLLAMA_NUM_GPU'])" || echo 1)
     status="did not load"
-    for n in $(seq "$ngl" -1 $(( ngl > 3 ? ngl - 3 : 0 ))); do
+    for n in $(seq $(( ngl + 1 )) -1 $(( ngl > 3 ? ngl - 3 : 0 ))); do
       if bench "recipe-$tag" -ngl "$n"; then status=""; break; fi
     done
     row "$q" "$gib" recipe "-ngl $n" "$out/bench-recipe-$tag.json" "$status"
