@@ -11,10 +11,10 @@ import click
 
 from builder.core.command import error_line
 from builder.core.errors import UserError, shown
+from builder.core.paths import repo_root
 from builder.doctor import checks
-from builder.doctor.target import report, target
+from builder.doctor.target import report, stack_token, target
 from builder.models import catalog
-from builder.models.download import read_token
 from builder.plan import hardware, planner
 
 
@@ -38,7 +38,7 @@ def doctor_command(model: str | None, engine: str | None, cpu: bool, port: int, 
     box = hardware.describe(gpus="none" if cpu else None)
     plan, _ = planner.choose(catalog.load(), box, model, engine, None)
     t = target(engine=plan.engine, model=plan.model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
-    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=read_token())
+    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(repo_root() / "stacks" / ".env"))
     if as_json:
         click.echo(json.dumps({"model": plan.model, "engine": plan.engine, "checks": [c.as_json() for c in found]}, indent=2))
     else:

@@ -12,6 +12,7 @@ from builder.doctor.checks import GB, Check, Target
 from builder.images import catalog as images
 from builder.images.docker import docker_clients
 from builder.models import catalog as models
+from builder.plan import envfile
 
 SYMBOL = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
 SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmg]?)b?", re.IGNORECASE)
@@ -30,6 +31,12 @@ def image_cuda(engine: str) -> str | None:
                 return target.options[option].default
         return target.params.get("cuda_version")
     return None
+
+
+def stack_token(env_file: Path) -> str | None:
+    """The Hub token the stack hands model-init: HF_TOKEN from the environment, else from the stack's .env (a token
+    of `hf auth login` on the host does not reach the container, so it is not looked at)."""
+    return os.environ.get("HF_TOKEN", "").strip() or envfile.read_values(env_file).get("HF_TOKEN", "").strip() or None
 
 
 def shm_bytes(value: str) -> int | None:

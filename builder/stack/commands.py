@@ -12,10 +12,9 @@ from rich.console import Console
 from builder.core.errors import UserError
 from builder.core.paths import output_file, repo_root
 from builder.doctor import checks
-from builder.doctor.target import report, target
+from builder.doctor.target import report, stack_token, target
 from builder.images.docker import docker_clients
 from builder.models import catalog
-from builder.models.download import read_token
 from builder.plan import envfile, hardware, planner
 from builder.plan.commands import write_settings
 from builder.stack import down as stack_down
@@ -83,7 +82,7 @@ def up_command(model: str | None, engine: str | None, cpu: bool, port: int | Non
     web_port = int(str(port or os.environ.get("WEBUI_PORT") or values.get("WEBUI_PORT") or 3000))
     t = target(engine=plan.engine, model=plan.model, gpu=stack.gpu, ports=() if is_up else ((bind, web_port),), data_root=data_root,
                offline=offline)
-    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=read_token())
+    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(env_target))
     console.print(report(found), markup=False)
     failed = [c for c in found if c.status == "fail"]
     if failed:

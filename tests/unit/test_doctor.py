@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.privileges import as_root
 
 from builder.doctor import checks
 from builder.doctor.checks import Nvml, Target
@@ -129,3 +130,17 @@ def test_doctor_up_refuses_a_busy_port_in_one_line(tmp_path: Path):
                             env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}, capture_output=True, text=True, timeout=120)
     assert up.returncode == 2 and f"error: doctor: ports: cannot publish on 127.0.0.1:{port} (in use)" in up.stderr, up.stderr
     assert not env_file.exists(), "nothing written before the refusal"
+
+
+@pytest.mark.parametrize("small_volume", ["1m"], indirect=True)
+def test_up_refuses_an_env_file_it_cannot_write_and_leaves_it(small_volume: Path):
+    """A .env on a read-only file system (even root cannot write it): one line, exit 2, before Docker is asked."""
+    env_file = small_volume / ".env"
+    env_file.write_text("MINE=1\n")
+    subprocess.run(as_root("mount", "-o", "remount,ro", str(small_volume)), check=True)
+    try:
+        up = subprocess.run(["builder", "up", "r1-distill-qwen-1.5b", "--cpu", "--yes", "--env-file", str(env_file)], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(as_root("mount", "-o", "remount,rw", str(small_volume)), check=True)
+    assert up.returncode == 2 and up.stderr.count("\n") == 1 and "--env-file" in up.stderr and "not writable" in up.stderr, up.stderr
+    assert env_file.read_text() == "MINE=1\n"
