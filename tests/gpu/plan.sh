@@ -58,7 +58,7 @@ if [ "$phase" = build ]; then
   log "build start"
   ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout 500 bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
     # llama.cpp's own answer to "what fits", printed as flags (it runs from the build folder, beside its libraries).
-    timeout 60 cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
+    timeout 30 cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
   compile=$!
   for q in $quants; do
     PYTHONPATH="$work/src/gguf-py:$repo/images/llamacpp:$repo/tests/gpu" timeout 300 python3 "$repo/tests/gpu/r1_shaped.py" \
