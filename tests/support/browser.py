@@ -8,6 +8,7 @@ Open WebUI 0.12's own components set (src/routes/auth/+page.svelte, lib/componen
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -89,18 +90,45 @@ def last_answer(page: Page) -> Locator:
     return page.locator('div[id^="message-"]').filter(has=page.locator(".chat-assistant")).last
 
 
+def wait_for_message_done(page: Page, timeout_ms: int = ANSWER_TIMEOUT_MS) -> Locator:
+    """Wait until the newest assistant message is finished and return it: Open WebUI shows a message's Copy button
+    once the message is done, answer or error alike."""
+    message = last_answer(page)
+    expect(message.get_by_role("button", name="Copy")).to_be_visible(timeout=timeout_ms)
+    return message
+
+
 def wait_for_answer(page: Page, timeout_ms: int = ANSWER_TIMEOUT_MS) -> str:
     """Wait until the model has finished answering and return the answer's text as shown.
 
-    Open WebUI shows a message's Copy button once the message is done, answer or error alike; the model's text
-    is rendered as markdown, an error (no model, engine down) as a plain note in the same place."""
-    message = last_answer(page)
-    expect(message.get_by_role("button", name="Copy")).to_be_visible(timeout=timeout_ms)
+    The model's text is rendered as markdown, an error (no model, engine down) as a plain note in the same place."""
+    message = wait_for_message_done(page, timeout_ms)
     content = message.locator("#response-content-container")
     text = content.locator(".markdown-prose")
     if not text.count():
         raise AssertionError(f"Open WebUI shows no answer from the model: {content.inner_text()!r}")
     return text.first.inner_text()
+
+
+def reasoning_block(message: Locator) -> Locator:
+    """Open WebUI's reasoning block in a message: a toggle button reading "Thought for N seconds" once the thinking
+    is done ("Thinking..." while it streams), and under it, once opened, the thinking as markdown."""
+    toggle = message.locator("#response-content-container button[aria-expanded]").filter(has_text=re.compile(r"^\s*(Thought for|Thinking)"))
+    return toggle.locator("xpath=..")
+
+
+def open_reasoning(block: Locator) -> None:
+    """Unfold a reasoning block (folded by default) and wait for the thinking to show."""
+    toggle = block.locator("button[aria-expanded]").first
+    if toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    expect(block.locator(".markdown-prose").first).to_be_visible()
+
+
+def answer_text(message: Locator) -> str:
+    """The message's text as shown outside its reasoning blocks: what reads as the answer."""
+    return message.locator("#response-content-container").evaluate(
+        "el => { const c = el.cloneNode(true); c.querySelectorAll('button[aria-expanded]').forEach(b => b.parentElement.remove()); return c.textContent; }")
 
 
 def answering_model(page: Page) -> str:
