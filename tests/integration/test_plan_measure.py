@@ -78,3 +78,20 @@ def test_the_plans_flags_exist_in_the_built_binaries(llamacpp_cpu_image):
         assert lists(server, flag), flag
     for flag in ("-ngl", "-ncmoe", "-ot", "-sm", "-ts", "-t", "-ub", "--numa", "-fitt", "-fa", "-r", "-o"):
         assert lists(bench, flag), flag
+
+
+def test_llamacpp_keeps_exactly_the_planned_expert_tensors_in_ram(llamacpp_cpu_image, model):
+    """The plan's -ot pattern through llama.cpp's own matcher: llama-bench -v names each tensor an override moved,
+    and those are the expert tensors the plan keeps in RAM, no more."""
+    from builder.models.shapes import from_gguf
+    from builder.plan import hardware, planner
+
+    box = hardware.describe(gpus="1x1.6", ram_gib=8, cores=2, cpu="avx2", numa=1)
+    placed = planner.place(from_gguf(model), box, 1024)
+    pattern = planner.override_pattern(placed.experts_in_ram)
+    output = DockerClient().run(llamacpp_cpu_image, ["llama-bench", "-m", str(model), "-p", "8", "-n", "2", "-r", "1", "-v",
+                                                     "-ot", pattern], volumes=[(str(model.parent), str(model.parent), "ro")],
+                                remove=True, stream=True)
+    log = b"".join(chunk for source, chunk in output if source == "stderr").decode(errors="replace")  # -v logs there
+    moved = set(re.findall(r"tensor (blk\.\d+\.\w+)\.weight \(.*\) buffer type overridden to CPU", log))
+    assert moved == {f"blk.{layer}.ffn_{kind}" for layer, kind in placed.experts_in_ram} and moved, log[-2000:]
