@@ -27,7 +27,7 @@ from rich.progress import (
 from builder.core.errors import UserError
 from builder.images import runtime
 from builder.stack import state
-from builder.stack.choose import StackFiles, projects
+from builder.stack.choose import StackFiles, engines, projects
 
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 TOTAL_LINE = re.compile(r"^download: total \d+% ([\d.]+) (\w+)/([\d.]+) (\w+)")
@@ -43,7 +43,7 @@ class Summary:
 
 def other_engine_up(client: DockerClient, stacks: Path, stack: StackFiles) -> str | None:
     """The engine of another stack that is up (its project's containers run), or None."""
-    names = set(projects(stacks).values())
+    names = set(engines(stacks))
     for project in dict.fromkeys([*projects(stacks), stack.project]):
         if not state.running(client, project):
             continue
