@@ -43,17 +43,26 @@ py=$work/py
 builder=(env "PYTHONPATH=$repo:$py:$work/src/gguf-py" python3 -m builder.cli)
 start=$(date +%s)
 log() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*" | tee -a "$out/steps.txt"; }
-model() { echo "$work/r1-shaped-$1.gguf"; }
+model() { echo "$(cat "$work/models.dir")/r1-shaped-$1.gguf"; }
 
 if [ "$phase" = build ]; then
-  rm -rf "$work" && mkdir -p "$work/src" "$py"
+  rm -rf "$work" /dev/shm/r1kit-plan-models && mkdir -p "$work/src" "$py"
   tar -xzf "$tarball" -C "$work/src" --strip-components=1
   nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version,compute_cap --format=csv,noheader | tee "$out/gpu.txt"
   lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core\(s\)|NUMA node\(s\)" | tee "$out/cpu.txt"
-  df -h "$work" | tee "$out/disk.txt"
-  # Both models together are 56 GB; the build another 2.
-  avail=$(df --output=avail -B1G "$work" | tail -1 | tr -d ' ')
-  [ "$avail" -ge 60 ] || { echo "plan.sh: $work has $avail GiB free; the models and the build need 60: set WORK_DIR" >&2; exit 1; }
+  df -h "$work" /dev/shm | tee "$out/disk.txt"
+  # Both models together are 52 GiB, the build about 3. Where the disk is short, the models go to /dev/shm: the
+  # RAM they take there is the page cache they would take anyway (llama.cpp maps them), and no disk reads.
+  free_gib() { df --output=avail -B1G "$1" 2> /dev/null | tail -1 | tr -d ' '; }
+  if [ "$(free_gib "$work")" -ge 56 ]; then
+    echo "$work" > "$work/models.dir"
+  elif [ "$(free_gib /dev/shm)" -ge 54 ]; then
+    mkdir -p /dev/shm/r1kit-plan-models && echo /dev/shm/r1kit-plan-models > "$work/models.dir"
+  else
+    echo "plan.sh: $work has $(free_gib "$work") GiB free and /dev/shm $(free_gib /dev/shm); the models need 52: set WORK_DIR" >&2
+    exit 1
+  fi
+  log "models in $(cat "$work/models.dir")"
   timeout 120 python3 -m pip install -q --no-index --no-deps --target "$py" "${WHEELS:-$repo/.cache/wheels}"/*.whl > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
   log "build start"
   ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout 500 bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
