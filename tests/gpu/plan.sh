@@ -11,7 +11,8 @@
 #   measure   `builder plan --measure`'s choice among its candidates (the plan, the plan at -ub 2048, the fit)
 # and, once, the stack's default: llama-server with stacks/llamacpp-webui.yml's own LLAMA_ARG_* defaults (no -ngl)
 # on a model larger than the free memory, through the image's entrypoint: it must serve a chat completion.
-# Output under OUT_DIR: sweep.csv and sweep.md (the table), measure-*.json, plan-*.txt, fit-params-*.txt, bench-*.json
+# Output under OUT_DIR: sweep.csv and sweep.md (the table), measure-*.json (the plan, its why lines, each candidate
+# measured), fit-params-*.txt (what --fit chose, as flags), bench-*.json
 # and their logs, steps.txt (timed). The plot is made from sweep.csv on a machine with matplotlib:
 #   python3 tests/gpu/plan_plot.py OUT_DIR/sweep.csv docs/measurements/DATE-plan-sweep-h100/sweep.png
 #
@@ -166,17 +167,22 @@ bench() {  # bench NAME ARGS...: one llama-bench run through the entrypoint into
   return 1
 }
 
-# The sweep's budgets per model, in GiB: from "the non-expert weights, the compute buffer and the margin fit" to
-# "everything fits", six steps, from the GGUF's own tensor table.
-budgets() {
-  PYTHONPATH="$repo:$py:$work/src/gguf-py" python3 - "$1" <<'PY'
+# The sweep per model: each budget in GiB, from "the non-expert weights, the compute buffer and the margin fit" to
+# "everything fits" in six steps (from the GGUF's own tensor table; or BUDGETS_<quant>), and the recipe's starting
+# -ngl at each: the planner's whole-layer placement (Ollama's, no experts apart) for a GPU of that size.
+sweep_points() {  # sweep_points MODEL [GIB ...]: lines "GIB NGL"
+  PYTHONPATH="$repo:$py:$work/src/gguf-py" python3 - "$@" <<'PY'
 import math, sys
 from pathlib import Path
 from builder.models.shapes import from_gguf
+from builder.plan import hardware, planner
 s = from_gguf(Path(sys.argv[1]))
 lo = math.ceil((s.total - s.experts) / 2**30 + 3.7)  # + compute buffer with an expert tensor, margin
 hi = math.ceil(s.total / 2**30 + 4)                  # + compute buffer, margin, KV, slack
-print(" ".join(str(round(lo + (hi - lo) * i / 5)) for i in range(6)))
+for gib in sys.argv[2:] or [round(lo + (hi - lo) * i / 5) for i in range(6)]:
+    box = hardware.describe(gpus=f"1x{gib}", ram_gib=1024)  # what fits the GPU, whatever the RAM
+    whole = planner.place(s, box, planner.DEFAULT_CONTEXT, experts_apart=False)
+    print(gib, whole.ngl if whole else 0)
 PY
 }
 
@@ -218,8 +224,10 @@ first=yes
 for q in $quants; do
   m=$(model "$q")
   var=BUDGETS_$q
-  read -r -a gibs <<< "${!var:-$(budgets "$m")}"
-  log "$q: budgets ${gibs[*]} GiB"
+  read -r -a wanted <<< "${!var:-}"
+  gibs=() ngls=()
+  while read -r gib ngl; do gibs+=("$gib"); ngls+=("$ngl"); done < <(sweep_points "$m" "${wanted[@]}")
+  log "$q: budgets ${gibs[*]} GiB; the recipe's -ngl from ${ngls[*]}"
   cpu_moe_done=no
   for i in "${!gibs[@]}"; do
     gib=${gibs[$i]} tag="$q-${gibs[$i]}"
@@ -231,7 +239,6 @@ for q in $quants; do
     if [ "$first" = yes ] && [ "$i" = 2 ]; then serve_default "$m"; first=no; fi
 
     # The plan and --measure's choice (its candidates: the plan, the plan at -ub 2048, llama.cpp's fit).
-    timeout 60 "${builder[@]}" plan "$m" > "$out/plan-$tag.txt" 2>&1 || true
     log "measure $tag"
     if timeout 200 "${builder[@]}" plan "$m" --measure --llama-bench "${entrypoint[*]} llama-bench" --json \
          > "$out/measure-$tag.json" 2> "$out/measure-$tag.log"; then
@@ -264,7 +271,7 @@ PY
     # The recipes' style: the largest -ngl that loads, tried top down from one above the planner's whole-layer
     # placement (Ollama's engine: no experts apart); each try that does not fit fails fast, at allocation.
     time_left || { row "$q" "$gib" recipe "" "" "skipped: time"; continue; }
-    ngl=$(timeout 60 "${builder[@]}" plan "$m" --engine ollama --json 2> /dev/null | python3 -c "import json, sys; print(json.load(sys.stdin)['settings']['OLLAMA_NUM_GPU'])" || echo 1)
+    ngl=${ngls[$i]}
     status="did not load"
     for n in $(seq $(( ngl + 1 )) -1 $(( ngl > 3 ? ngl - 3 : 0 ))); do
       if bench "recipe-$tag" -ngl "$n"; then status=""; break; fi
