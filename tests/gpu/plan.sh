@@ -17,7 +17,8 @@
 #   python3 tests/gpu/plan_plot.py OUT_DIR/sweep.csv docs/measurements/DATE-plan-sweep-h100/sweep.png
 #
 # Two phases, one device call each (each must end within 560 s; the bench phase stops starting new steps after
-# BENCH_SECONDS, default 470, and marks the rest "skipped: time"; a step started by then ends within 90 s):
+# BENCH_SECONDS, default 490, and marks the rest "skipped: time"; a budget started by then takes about 50 s,
+# at most 150 s for --measure):
 #   bash tests/gpu/plan.sh build LLAMA_CPP_TARBALL OUT_DIR   compile (images/llamacpp/build.sh, sm_90), write both models
 #   bash tests/gpu/plan.sh bench LLAMA_CPP_TARBALL OUT_DIR   the sweep; QUANTS (default "q4_k q2_k") and BUDGETS_<quant>
 #                                                            (GiB, space-separated) narrow it for a further call
@@ -85,7 +86,7 @@ fi
 
 [ "$phase" = bench ] || { echo "plan.sh: phase must be build or bench" >&2; exit 2; }
 [ -e "$work/built" ] || { echo "plan.sh: no build in $work: the machine went cold between the phases; run the build phase again" >&2; exit 3; }
-deadline=$(( start + ${BENCH_SECONDS:-470} ))
+deadline=$(( start + ${BENCH_SECONDS:-490} ))
 time_left() { [ "$(date +%s)" -lt "$deadline" ]; }
 
 # One filler process holds all but the wanted free memory of the GPU, and is told each budget through $want. It
@@ -240,7 +241,7 @@ for q in $quants; do
 
     # The plan and --measure's choice (its candidates: the plan, the plan at -ub 2048, llama.cpp's fit).
     log "measure $tag"
-    if timeout 200 "${builder[@]}" plan "$m" --measure --llama-bench "${entrypoint[*]} llama-bench" --json \
+    if timeout 150 "${builder[@]}" plan "$m" --measure --llama-bench "${entrypoint[*]} llama-bench" --json \
          > "$out/measure-$tag.json" 2> "$out/measure-$tag.log"; then
       python3 - "$out/measure-$tag.json" "$q" "$gib" >> "$out/sweep.csv" <<'PY'
 import csv, json, sys
