@@ -27,9 +27,11 @@
 # Inputs, prepared on a machine with network, from the repository root (the GPU machine has none):
 #   the source tarball (.cache/llama.cpp-0c1e57098.tar.gz, llama.cpp's pinned tree, checked against its sha256):
 #     python3 -c 'import sys; sys.path.insert(0, "tests"); from support.prerequisites import llamacpp_source; print(llamacpp_source())'
-#   the builder package's dependencies as cp312 wheels (.cache/wheels, or WHEELS=DIR):
+#   the builder package's dependencies as cp312 wheels (.cache/wheels, or WHEELS=DIR; the build phase installs only
+#   what pyproject.toml asks for from it). A device call carries at most 64 MiB: where .cache/wheels also holds
+#   other wheels (vLLM's, 336 MB), download into a folder of its own (28 MB) and set WHEELS to it:
 #     python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["plan"]))' > /tmp/r1kit-req.txt
-#     python3 -m pip download -q --dest .cache/wheels --only-binary :all: --implementation cp --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -r /tmp/r1kit-req.txt
+#     python3 -m pip download -q --dest .cache/plan-wheels --only-binary :all: --implementation cp --abi cp312 --python-version 312 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --ignore-requires-python -r /tmp/r1kit-req.txt
 # The GPU machine needs python3 with torch (the filler that holds GPU memory), nvidia-smi, cmake and the CUDA toolkit.
 set -euo pipefail
 
@@ -65,7 +67,10 @@ if [ "$phase" = build ]; then
     exit 1
   fi
   log "models in $(cat "$work/models.dir")"
-  timeout 120 python3 -m pip install -q --no-index --no-deps --target "$py" "${WHEELS:-$repo/.cache/wheels}"/*.whl > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
+  python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["plan"]))' \
+    "$repo/pyproject.toml" > "$work/requirements.txt"
+  timeout 120 python3 -m pip install -q --no-index --find-links "${WHEELS:-$repo/.cache/wheels}" --target "$py" -r "$work/requirements.txt" \
+    > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
   log "build start"
   ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout 500 bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
     # llama.cpp's own answer to "what fits", printed as flags (it runs from the build folder, beside its libraries).
