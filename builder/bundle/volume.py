@@ -58,16 +58,21 @@ def fill(image: str, volume: str, spec: dict, write: Callable[[BinaryIO], None])
     """Run the filler in the volume and hand `write` its stdin, to which it writes a tar stream of the files."""
     proc = subprocess.Popen(_run(image, volume, "python3", "-c", FILL_SCRIPT.read_text(), "fill", ROOT, json.dumps(spec), read_only=False),
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
+    assert proc.stdin is not None and proc.stderr is not None
     try:
         write(proc.stdin)  # type: ignore[arg-type]
-        proc.stdin.close()
     except BrokenPipeError:
         pass  # the filler stopped: its own message (below) says why
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    err = proc.communicate()[1]
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    err = proc.stderr.read()
+    proc.wait()
     if proc.returncode != 0:
         raise UserError(f"writing the model into volume {volume} failed: {shown(err.decode(errors='replace').strip()[-300:], 300)}; run the same load again to resume")
