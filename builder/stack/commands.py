@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from builder.core.errors import UserError
+from builder.core.errors import UserError, shown
 from builder.core.paths import output_file, repo_root
 from builder.doctor import checks
 from builder.doctor.target import report, stack_token, target
@@ -56,7 +56,7 @@ def up_command(model: str | None, engine: str | None, cpu: bool, port: int | Non
     """Bring up DeepSeek-R1 with Open WebUI on this machine: doctor, the plan, stacks/.env, the compose files for the
     engine and the machine, then `docker compose up -d --wait` with the model's download shown. Run again: nothing
     changes where the stack is up; a stopped download resumes. MODEL defaults to the plan's choice."""
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log keeps each line whole
     stacks = repo_root() / "stacks"
     env_path = env_file or stacks / ".env"
     env_target = output_file(env_path, "--env-file", overwrite=True)  # refused before any work
@@ -75,11 +75,14 @@ def up_command(model: str | None, engine: str | None, cpu: bool, port: int | Non
     is_up = state.running(client, stack.project)
     if is_up and all(current.get(k, "") == v for k, v in settings.items() if v) and up.already_up(client, stack.project):
         console.print(f"the {stack.engine} stack ({stack.project}) is up and as configured: nothing to do", markup=False)
-        click.echo("\n".join(up.next_steps(up.summary(client, stack, env_target))))
+        click.echo("\n".join(up.next_steps(up.summary(client, stack))))
         return
     values = current | {k: v for k, v in settings.items() if v}
     bind = os.environ.get("WEBUI_BIND") or values.get("WEBUI_BIND") or "127.0.0.1"
-    web_port = int(str(port or os.environ.get("WEBUI_PORT") or values.get("WEBUI_PORT") or 3000))
+    raw_port = str(port or os.environ.get("WEBUI_PORT") or values.get("WEBUI_PORT") or 3000)
+    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+        raise UserError(f"WEBUI_PORT {shown(raw_port)} is not a port number: fix it in {env_path} or the environment, or give --port")
+    web_port = int(raw_port)
     t = target(engine=plan.engine, model=plan.model, gpu=stack.gpu, ports=() if is_up else ((bind, web_port),), data_root=data_root,
                offline=offline)
     found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(env_target))
@@ -95,7 +98,7 @@ def up_command(model: str | None, engine: str | None, cpu: bool, port: int | Non
     write_settings(env_path, env_target, settings)
     console.print(f"starting the {stack.engine} stack: docker compose up -d --wait (images are pulled where missing)", markup=False)
     up.compose_up(client, stack, console)
-    click.echo("\n".join(up.next_steps(up.summary(client, stack, env_target))))
+    click.echo("\n".join(up.next_steps(up.summary(client, stack))))
 
 
 @click.command("status")

@@ -163,7 +163,7 @@ def failed_service_logs(client: DockerClient, project: str) -> str:
     return ""
 
 
-def summary(client: DockerClient, stack: StackFiles, env_file: Path) -> Summary:
+def summary(client: DockerClient, stack: StackFiles) -> Summary:
     facts = runtime.load(stack.engine)
     key = None
     if facts.api_key_file:

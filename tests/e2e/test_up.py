@@ -9,6 +9,7 @@ CLI plugin in a private DOCKER_CONFIG, so the test needs nothing installed on th
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,7 @@ def test_up_chat_up_again_status_down(base_env: dict[str, str], tmp_path: Path):
         assert subprocess.run(["docker", "inspect", "--format", "{{.State.StartedAt}}", *ids], capture_output=True, text=True, check=True).stdout == started
 
         status = builder(env, "status")
+        print(status.stdout)
         assert status.returncode == 0, status.stderr
         assert f"stack:    {project} (up)" in status.stdout and f"engine:   llamacpp; model {MODEL}" in status.stdout and f"open:     {url}" in status.stdout, status.stdout
 
@@ -116,7 +118,7 @@ def test_up_stopped_mid_download_resumes(base_env: dict[str, str], local_hub, tm
     env = {**base_env, "COMPOSE_PROJECT_NAME": project}
     up = ["builder", "up", MODEL, "--cpu", "--yes", "--port", str(free_port()), "--env-file", str(tmp_path / ".env"), "-f", str(HUB_ON_HOST)]
     try:
-        with local_hub.faulty(throttle=100_000):
+        with local_hub.faulty(throttle=20_000):  # the 465 KiB file in about 24 s
             log = tmp_path / "up.log"
             with log.open("w") as out:
                 proc = subprocess.Popen(up, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -126,6 +128,7 @@ def test_up_stopped_mid_download_resumes(base_env: dict[str, str], local_hub, tm
                     time.sleep(0.5)
                 time.sleep(3)  # some bytes in the partial file
                 status = builder(env, "status")
+                print(status.stdout)
                 assert "running, not ready" in status.stdout and "model-init running" in status.stdout, status.stdout
                 assert "\ndownload: " in status.stdout, f"status shows the download while it runs: {status.stdout}"
                 proc.send_signal(signal.SIGTERM)
@@ -141,6 +144,9 @@ def test_up_stopped_mid_download_resumes(base_env: dict[str, str], local_hub, tm
         before = len(local_hub.requests_for(DISTILL_FILE))
         again = subprocess.run(up, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
         assert again.returncode == 0, again.stdout + again.stderr
+        plan = next(line for line in again.stderr.splitlines() if "total in 1 file(s);" in line)
+        total, to_fetch = re.search(r"([\d.]+ \w+)  total in 1 file\(s\); ([\d.]+ \w+) to fetch", plan).groups()
+        assert to_fetch != total, f"the second up planned the whole file again: {plan}"
         resumed = [r.range for r in local_hub.requests_for(DISTILL_FILE)[before:] if r.range]
         assert resumed and not any(r.startswith("bytes=0-") for r in resumed), f"the second up fetched from the start: {resumed}"
         assert "open:     http://127.0.0.1:" in again.stdout
