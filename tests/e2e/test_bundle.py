@@ -136,6 +136,24 @@ def snapshot(world: dict, folder: Path) -> dict:
             "volume": volume_snapshot(world["refs"]["MODEL_INIT_IMAGE"], f"{world['project']}_models")}
 
 
+def test_save_refuses_in_one_line_what_is_missing_or_does_not_fit(world: dict, tmp_path: Path, small_volume: Path):
+    """Before writing anything: an image not present locally, a model never downloaded, a bundle too large for --to."""
+    env = {**world["connected"], "COMPOSE_PROJECT_NAME": f"{world['project']}-never-run"}
+    cases = [
+        ({"OPEN_WEBUI_IMAGE": "r1kit-test/absent:none"}, tmp_path / "b", "image r1kit-test/absent:none (stack llamacpp-cpu) is not present locally"),
+        ({}, tmp_path / "b", f"model {MODEL} is not downloaded: there is no volume {world['project']}-never-run_models"),
+    ]
+    for extra, out, message in cases:
+        result = bundle("save", "llamacpp-cpu", "--to", str(out), "--stacks", str(world["source"]), env={**env, **extra}, check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr[-1000:]
+        assert not out.exists()
+    with Stack(world["project"], [world["source"] / f for f in [*STACK_FILES, "hub-on-host.yml"]], world["connected"]) as stack:
+        stack("run", "--rm", "--no-deps", "model-init")
+        result = bundle("save", "llamacpp-cpu", "--to", str(small_volume / "b.tar"), "--stacks", str(world["source"]), env=world["connected"], check=False)
+        assert result.returncode == 2 and "error: not enough space in" in result.stderr, result.stderr[-1000:]
+        assert list(small_volume.iterdir()) == []
+
+
 def test_a_saved_bundle_loads_and_serves_a_chat_with_no_route_out(world: dict, saved: Path):
     manifest = json.loads((saved / "manifest.json").read_text())
     assert {f"model/{DISTILL_FILE}", "settings.env", "stacks/llamacpp-webui.yml"} <= {f["path"] for f in manifest["files"]}
@@ -200,7 +218,7 @@ def test_a_load_killed_half_way_and_run_again_ends_identical(world: dict, saved:
     assert proc.stderr is not None
     for line in proc.stderr:  # killed while the last (the largest) image loads
         if line.startswith("load: image 3/3"):
-            time.sleep(2)
+            time.sleep(0.5)  # into its 3 GB stream
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
