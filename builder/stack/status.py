@@ -22,7 +22,7 @@ def describe(client: DockerClient, stacks: Path) -> list[str]:
         up = all(s.ready for s in services)
         lines.append(f"stack:    {project} ({'up' if up else 'running, not ready' if state.running(client, project) else 'stopped'})")
         lines.append(f"engine:   {engine}; model {state.model_of(client, project) or '?'}")
-        lines.append("services: " + ", ".join(f"{s.name} {s.shown()}" for s in services))
+        lines.append("services: " + "; ".join(f"{s.name} ({s.shown()})" for s in services))
         url = state.url(client, project)
         if url:
             lines.append(f"open:     {url}")

@@ -95,7 +95,9 @@ def test_up_chat_up_again_status_down(base_env: dict[str, str], tmp_path: Path):
         status = builder(env, "status")
         print(status.stdout)
         assert status.returncode == 0, status.stderr
-        assert f"stack:    {project} (up)" in status.stdout and f"engine:   llamacpp; model {MODEL}" in status.stdout and f"open:     {url}" in status.stdout, status.stdout
+        assert f"stack:    {project} (up)" in status.stdout and f"engine:   llamacpp; model {MODEL}" in status.stdout
+        assert all(s in status.stdout for s in ("llamacpp (running, healthy)", "open-webui (running, healthy)", "model-init (done)")), status.stdout
+        assert f"open:     {url}" in status.stdout, status.stdout
 
         # Another engine's `up` while this one runs: one line, nothing changed.
         other = builder(env, "up", MODEL, "--engine", "ollama", "--cpu", "--yes", "--env-file", str(env_file))
@@ -129,7 +131,7 @@ def test_up_stopped_mid_download_resumes(base_env: dict[str, str], local_hub, tm
                 time.sleep(3)  # some bytes in the partial file
                 status = builder(env, "status")
                 print(status.stdout)
-                assert "running, not ready" in status.stdout and "model-init running" in status.stdout, status.stdout
+                assert "running, not ready" in status.stdout and "model-init (running)" in status.stdout, status.stdout
                 assert "\ndownload: " in status.stdout, f"status shows the download while it runs: {status.stdout}"
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
