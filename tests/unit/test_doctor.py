@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_checks_text_is_one_plain_line():
 
 
 def doctor(env: dict[str, str], *args: str) -> tuple[int, dict]:
-    done = subprocess.run(["builder", "doctor", "--json", "--offline", "--cpu", "r1-distill-qwen-1.5b", *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "doctor", "--json", "--offline", "--cpu", "r1-distill-qwen-1.5b", *args], env=env, capture_output=True, text=True, timeout=120)
     return done.returncode, {c["name"]: c for c in json.loads(done.stdout)["checks"]}
 
 
@@ -108,11 +109,7 @@ def test_doctor_with_compose_missing_and_docker_missing(tmp_path: Path):
     assert status == 1 and found["docker"]["status"] == "ok", found
     assert found["compose"]["status"] == "fail" and "compose v2" in found["compose"]["detail"] and "docker-compose-plugin" in found["compose"]["fix"]
     assert found["nvidia-driver"]["status"] == "skip" and found["hub"]["status"] == "skip"
-    bare = tmp_path / "bin"
-    bare.mkdir()
-    for tool in ("python3",):
-        (bare / tool).symlink_to(Path(os.path.realpath(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())))
-    status, found = doctor({**env, "PATH": f"{Path(os.environ['VIRTUAL_ENV'] if 'VIRTUAL_ENV' in os.environ else '.venv').resolve()}/bin:{bare}"})
+    status, found = doctor({**env, "PATH": str(Path(os.path.realpath(sys.executable)).parent)})  # python, no docker
     assert status == 1 and found["docker"]["status"] == "fail" and found["docker"]["detail"] == "no docker command on PATH", found
     assert found["disk"]["status"] == "skip" and found["compose"]["status"] == "fail"
 
@@ -144,3 +141,16 @@ def test_up_refuses_an_env_file_it_cannot_write_and_leaves_it(small_volume: Path
         subprocess.run(as_root("mount", "-o", "remount,rw", str(small_volume)), check=True)
     assert up.returncode == 2 and up.stderr.count("\n") == 1 and "--env-file" in up.stderr and "not writable" in up.stderr, up.stderr
     assert env_file.read_text() == "MINE=1\n"
+
+
+def test_up_refuses_a_model_that_fits_nowhere_and_no_docker_in_one_line(tmp_path: Path):
+    """Before anything is written: the planner's refusal (R1 671B on this machine's CPU and RAM), then a PATH without
+    docker (the plan passes, Docker is asked next)."""
+    env_file = tmp_path / ".env"
+    big = subprocess.run(["builder", "up", "r1-671b-ud-iq1_s", "--cpu", "--yes", "--env-file", str(env_file)], capture_output=True, text=True, timeout=120)
+    assert big.returncode == 2 and big.stderr.count("\n") == 1 and "r1-671b-ud-iq1_s does not fit" in big.stderr, big.stderr
+    python = Path(os.path.realpath(sys.executable)).parent
+    no_docker = subprocess.run([sys.executable, "-m", "builder.cli", "up", "r1-distill-qwen-1.5b", "--cpu", "--yes", "--env-file", str(env_file)],
+                               env={**os.environ, "PATH": str(python)}, capture_output=True, text=True, timeout=120)
+    assert no_docker.returncode == 2 and no_docker.stderr == "error: no docker command on PATH: " + checks.DOCKER_HINT + "\n", no_docker.stderr
+    assert not env_file.exists()
