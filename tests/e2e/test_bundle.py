@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -115,10 +116,10 @@ def saved(world: dict) -> Path:
     """The model downloaded by the stack's own model-init from the local Hub, then the bundle saved."""
     with Stack(world["project"], [world["source"] / f for f in [*STACK_FILES, "hub-on-host.yml"]], world["connected"]) as stack:
         stack("run", "--rm", "--no-deps", "model-init")
-        out = world["work"] / "bundle"
+        out = world["work"] / "bundle.tar"  # one file: the folder form shares all but the reading and writing, unit-tested
         started = time.monotonic()
         result = bundle("save", "llamacpp-cpu", "--to", str(out), "--stacks", str(world["source"]), env=world["connected"])
-        print(f"\nbundle save: {time.monotonic() - started:.0f} s, {sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / 2**30:.2f} GiB", file=sys.stderr)
+        print(f"\nbundle save: {time.monotonic() - started:.0f} s, {out.stat().st_size / 2**30:.2f} GiB", file=sys.stderr)
         assert "saved llamacpp-cpu with r1-distill-qwen-1.5b (3 images" in result.stdout, result.stdout
     remove_everything(world)
     return out
@@ -155,9 +156,10 @@ def test_save_refuses_in_one_line_what_is_missing_or_does_not_fit(world: dict, t
 
 
 def test_a_saved_bundle_loads_and_serves_a_chat_with_no_route_out(world: dict, saved: Path):
-    manifest = json.loads((saved / "manifest.json").read_text())
+    with tarfile.open(saved) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        settings = tar.extractfile("settings.env").read().decode()  # type: ignore[union-attr]
     assert {f"model/{DISTILL_FILE}", "settings.env", "stacks/llamacpp-webui.yml"} <= {f["path"] for f in manifest["files"]}
-    settings = (saved / "settings.env").read_text()
     assert f"MODEL={MODEL}\n" in settings and f"LLAMACPP_CPU_IMAGE={world['refs']['LLAMACPP_CPU_IMAGE']}\n" in settings
 
     offline = world["work"] / "offline" / "stacks"
@@ -189,10 +191,14 @@ def test_a_saved_bundle_loads_and_serves_a_chat_with_no_route_out(world: dict, s
 
 def test_a_corrupt_byte_is_refused_naming_the_file_and_nothing_is_loaded(world: dict, saved: Path):
     remove_everything(world)
-    model = saved / "model" / DISTILL_FILE
-    original = model.read_bytes()
-    middle = len(original) // 2
-    model.write_bytes(original[:middle] + bytes([original[middle] ^ 0x01]) + original[middle + 1:])
+    with tarfile.open(saved) as tar:
+        member = tar.getmember(f"model/{DISTILL_FILE}")
+    at = member.offset_data + member.size // 2
+    with saved.open("r+b") as f:
+        f.seek(at)
+        original = f.read(1)
+        f.seek(at)
+        f.write(bytes([original[0] ^ 0x01]))
     try:
         folder = world["work"] / "corrupt" / "stacks"
         result = load_into(world, saved, folder)
@@ -202,7 +208,9 @@ def test_a_corrupt_byte_is_refused_naming_the_file_and_nothing_is_loaded(world: 
         assert all(image_id(ref) is None for ref in world["refs"].values()), "no image was loaded"
         assert not volume_exists(f"{world['project']}_models") and not folder.exists(), "nothing was written"
     finally:
-        model.write_bytes(original)
+        with saved.open("r+b") as f:
+            f.seek(at)
+            f.write(original)
 
 
 def test_a_load_killed_half_way_and_run_again_ends_identical(world: dict, saved: Path):
