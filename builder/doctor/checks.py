@@ -42,7 +42,7 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Target:
+class CheckContext:
     """What the checks are about: the docker client, the planned engine and model, the ports the stack publishes."""
 
     docker: str | None  # the docker command; None: none on PATH
@@ -81,7 +81,7 @@ def docker_info(docker: str | None) -> dict | None:
     return info if isinstance(info, dict) and info.get("ServerVersion") else None
 
 
-def check_docker(t: Target, info: dict | None) -> Check:
+def check_docker(t: CheckContext, info: dict | None) -> Check:
     if t.docker is None:
         return Check("docker", "fail", "no docker command on PATH", DOCKER_HINT)
     if info is None:
@@ -107,7 +107,7 @@ def compose_version(docker: str | None) -> tuple[str | None, str | None]:
     return v2, v1
 
 
-def check_compose(t: Target) -> Check:
+def check_compose(t: CheckContext) -> Check:
     v2, v1 = compose_version(t.docker)
     if v2:
         return Check("compose", "ok", f"docker compose {v2}")
@@ -116,7 +116,7 @@ def check_compose(t: Target) -> Check:
     return Check("compose", "fail", "`docker compose` (compose v2) is not installed", COMPOSE_HINT)
 
 
-def check_buildkit(t: Target, info: dict | None) -> Check:
+def check_buildkit(t: CheckContext, info: dict | None) -> Check:
     """Only `builder build` needs BuildKit (cache and secret mounts); pulling the published images does not."""
     from builder.images.docker import find_backend
 
@@ -160,7 +160,7 @@ def read_nvml() -> Nvml:
         pynvml.nvmlShutdown()
 
 
-def check_driver(t: Target, nvml: Nvml) -> Check:
+def check_driver(t: CheckContext, nvml: Nvml) -> Check:
     if nvml.error or not nvml.gpus:
         return Check("nvidia-driver", "skip", f"{nvml.error or 'NVML lists no GPU'}: the CPU stack is used")
     gpus = f"{len(nvml.gpus)} x {nvml.gpus[0]}" if len(set(nvml.gpus)) == 1 else ", ".join(nvml.gpus)
@@ -190,7 +190,7 @@ def cdi_specs(dirs: tuple[Path, ...] = CDI_DIRS) -> list[Path]:
     return found
 
 
-def check_toolkit(t: Target, nvml: Nvml, info: dict | None) -> Check:
+def check_toolkit(t: CheckContext, nvml: Nvml, info: dict | None) -> Check:
     if not t.gpu or not nvml.gpus:
         return Check("container-toolkit", "skip", "no NVIDIA GPU in the plan")
     runtimes = sorted((info or {}).get("Runtimes", {}))
@@ -202,7 +202,7 @@ def check_toolkit(t: Target, nvml: Nvml, info: dict | None) -> Check:
                  "install the NVIDIA Container Toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`")
 
 
-def check_gpu_in_container(t: Target, nvml: Nvml, toolkit: Check) -> Check:
+def check_gpu_in_container(t: CheckContext, nvml: Nvml, toolkit: Check) -> Check:
     if not t.gpu or not nvml.gpus:
         return Check("gpu-in-container", "skip", "no NVIDIA GPU in the plan")
     if toolkit.status != "ok":
@@ -219,7 +219,7 @@ def check_gpu_in_container(t: Target, nvml: Nvml, toolkit: Check) -> Check:
                  "check the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`, restart Docker)")
 
 
-def check_disk(t: Target, info: dict | None) -> Check:
+def check_disk(t: CheckContext, info: dict | None) -> Check:
     """Free space where Docker keeps volumes (the models volume) against the model's size."""
     root = t.data_root or (Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None)
     if root is None:
@@ -248,7 +248,7 @@ def port_free(bind: str, port: int) -> str | None:
     return None
 
 
-def check_ports(t: Target) -> Check:
+def check_ports(t: CheckContext) -> Check:
     if not t.ports:
         return Check("ports", "skip", "no port to publish (the stack is up already, or none was asked for)")
     busy = [f"{bind}:{port} ({why})" for bind, port in t.ports if (why := port_free(bind, port))]
@@ -257,7 +257,7 @@ def check_ports(t: Target) -> Check:
     return Check("ports", "ok", "free: " + ", ".join(f"{b}:{p}" for b, p in t.ports))
 
 
-def check_shm(t: Target, ram: int) -> Check:
+def check_shm(t: CheckContext, ram: int) -> Check:
     shm = shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir() else 0
     if t.engine != "vllm" or not t.vllm_shm:
         return Check("shm", "skip", f"only vLLM's tensor-parallel workers use /dev/shm (host's: {human(shm)})")
@@ -278,7 +278,7 @@ def check_memlock(ib_dir: Path = Path("/sys/class/infiniband")) -> Check:
                  "the cluster stack sets memlock -1 in its containers (stacks/cluster-ib.yml); for tools on the host, raise it in /etc/security/limits.conf")
 
 
-def check_numa(t: Target, nodes: int) -> Check:
+def check_numa(t: CheckContext, nodes: int) -> Check:
     if nodes <= 1:
         return Check("numa", "ok", "one NUMA node")
     if t.engine != "ktransformers":
@@ -297,7 +297,7 @@ def amx_granted() -> bool | None:
     return libc.syscall(158, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0  # 158: arch_prctl on x86_64
 
 
-def check_amx(t: Target) -> Check:
+def check_amx(t: CheckContext) -> Check:
     granted = amx_granted()
     if granted is None:
         return Check("amx", "skip", "the CPU has no AMX")
@@ -307,7 +307,7 @@ def check_amx(t: Target) -> Check:
                  "the images probe and fall back to AVX-512 kernels by themselves; a kernel 5.16 or newer enables AMX")
 
 
-def check_hub(t: Target, token: str | None) -> Check:
+def check_hub(t: CheckContext, token: str | None) -> Check:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -345,7 +345,7 @@ def check_hub(t: Target, token: str | None) -> Check:
     return Check("hub", "ok", f"{where} reached{who}; {t.repo}" + (" (gated, granted)" if info.gated else ""))
 
 
-def run_all(t: Target, *, ram: int, numa_nodes: int, token: str | None, nvml: Callable[[], Nvml] = read_nvml) -> list[Check]:
+def run_all(t: CheckContext, *, ram: int, numa_nodes: int, token: str | None, nvml: Callable[[], Nvml] = read_nvml) -> list[Check]:
     info = docker_info(t.docker)
     found = nvml()
     toolkit = check_toolkit(t, found, info)

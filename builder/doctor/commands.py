@@ -13,7 +13,7 @@ from builder.core.command import error_line
 from builder.core.errors import UserError, shown
 from builder.core.paths import repo_root
 from builder.doctor import checks
-from builder.doctor.target import report, stack_token, target
+from builder.doctor.context import check_context, report, stack_token
 from builder.models import catalog
 from builder.plan import hardware, planner
 
@@ -37,7 +37,7 @@ def doctor_command(model: str | None, engine: str | None, cpu: bool, port: int, 
         raise UserError(f"--bind {shown(bind)} is not an IP address (127.0.0.1, 0.0.0.0, ::1)") from None
     box = hardware.describe(gpus="none" if cpu else None)
     plan, _ = planner.choose(catalog.load(), box, model, engine, None)
-    t = target(engine=plan.engine, model=plan.model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
+    t = check_context(engine=plan.engine, model=plan.model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
     found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(repo_root() / "stacks" / ".env"))
     if as_json:
         click.echo(json.dumps({"model": plan.model, "engine": plan.engine, "checks": [c.as_json() for c in found]}, indent=2))

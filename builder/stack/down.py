@@ -13,14 +13,14 @@ from builder.stack.choose import choose, engines, projects
 
 
 @dataclass(frozen=True)
-class Target:
+class ExistingStack:
     project: str
     engine: str
     files: tuple[Path, ...]
     volumes: tuple[str, ...]
 
 
-def found(client: DockerClient, stacks: Path) -> list[Target]:
+def found(client: DockerClient, stacks: Path) -> list[ExistingStack]:
     """Every stack with containers or volumes. The files are those its containers were made from (compose's label),
     else the engine's stack file: compose needs them to know the volumes -v removes."""
     out = []
@@ -36,11 +36,11 @@ def found(client: DockerClient, stacks: Path) -> list[Target]:
         files = tuple(Path(f) for f in labels.get("com.docker.compose.project.config_files", "").split(",") if f)
         if not files or not all(f.is_file() for f in files):
             files = choose(stacks, engine, gpu=True).files
-        out.append(Target(project, engine, files, tuple(volumes)))
+        out.append(ExistingStack(project, engine, files, tuple(volumes)))
     return out
 
 
-def down(docker: str, target: Target, volumes: bool) -> None:
+def down(docker: str, target: ExistingStack, volumes: bool) -> None:
     client = DockerClient(client_call=[docker], compose_files=list(target.files), compose_project_name=target.project)
     client.compose.down(volumes=volumes, remove_orphans=True, quiet=True)
     left = state.containers(client, target.project)

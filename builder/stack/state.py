@@ -11,6 +11,8 @@ from python_on_whales import Container, DockerClient
 from python_on_whales.exceptions import DockerException
 
 from builder.core.errors import UserError
+from builder.doctor import checks
+from builder.images.docker import docker_clients
 from builder.stack.choose import StackFiles
 
 ONE_SHOTS = ("model-init", "secrets-init")
@@ -39,6 +41,20 @@ class Service:
         if self.name in ONE_SHOTS and self.state == "exited":
             return "done" if self.exit_code == 0 else f"failed (exit {self.exit_code})"
         return self.state + (f", {self.health}" if self.health else "")
+
+
+def ready_docker() -> str:
+    """The docker command, with a daemon and compose v2: the one-line refusals before a stack command runs."""
+    clients = docker_clients()
+    if not clients:
+        raise UserError(f"no docker command on PATH: {checks.DOCKER_HINT}")
+    if checks.docker_info(clients[0]) is None:
+        raise UserError("no Docker daemon answers: start it (sudo systemctl start docker), or set DOCKER_HOST")
+    v2, v1 = checks.compose_version(clients[0])
+    if v2 is None:
+        have = f"only docker-compose {v1} (compose v1) is installed" if v1 else "`docker compose` (compose v2) is not installed"
+        raise UserError(f"{have}: {checks.COMPOSE_HINT}")
+    return clients[0]
 
 
 def whales(docker: str, stack: StackFiles | None = None, env_file: Path | None = None, project: str | None = None) -> DockerClient:

@@ -4,7 +4,9 @@ download shown as it runs, and what to do next. Every refusal comes before anyth
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,10 +26,16 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from builder.core.errors import UserError
+from builder.core.errors import UserError, shown
+from builder.core.paths import output_file, repo_root
+from builder.doctor import checks
+from builder.doctor.context import check_context, report, stack_token
 from builder.images import runtime
+from builder.models import catalog
+from builder.plan import envfile, hardware, planner
+from builder.plan.commands import write_settings
 from builder.stack import state
-from builder.stack.choose import StackFiles, engines, projects
+from builder.stack.choose import StackFiles, choose, engines, projects
 
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 TOTAL_LINE = re.compile(r"^download: total \d+% ([\d.]+) (\w+)/([\d.]+) (\w+)")
@@ -178,4 +186,66 @@ def next_steps(s: Summary) -> list[str]:
         lines.append(f"API key:  {s.key_command}")
     lines.append(f"stop:     {s.stop_command}")
     return lines
+
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """`builder up`'s options."""
+
+    model: str | None
+    engine: str | None
+    cpu: bool
+    port: int | None
+    yes: bool
+    env_file: Path | None
+    extra: tuple[Path, ...]
+    offline: bool
+    data_root: Path | None
+
+
+def bring_up(r: UpRequest, console: Console, echo: Callable[[str], None], confirm: Callable[[], None]) -> list[str]:
+    """`builder up` in its order; every refusal before the .env is written or a container made. Returns the next
+    steps to print."""
+    stacks = repo_root() / "stacks"
+    env_path = r.env_file or stacks / ".env"
+    env_target = output_file(env_path, "--env-file", overwrite=True)  # refused before any work
+    box = hardware.describe(gpus="none" if r.cpu else None)
+    plan, passed = planner.choose(catalog.load(), box, r.model, r.engine, None)
+    stack = choose(stacks, plan.engine, gpu=bool(box.gpus), offline=r.offline, extra=r.extra)
+    if not r.yes and not sys.stdin.isatty():
+        raise UserError("stdin is not a terminal to answer the question: give --yes to bring the stack up without asking")
+    docker = state.ready_docker()
+    client = state.whales(docker, stack, env_target)
+    other = other_engine_up(client, stacks, stack)
+    if other:
+        raise UserError(f"the {other} stack is up: stop it first (builder down), or keep it (builder up --engine {other})")
+    settings = dict(plan.settings) | ({"WEBUI_PORT": str(r.port)} if r.port else {})
+    current = envfile.read_values(env_target)
+    is_up = state.running(client, stack.project)
+    if is_up and all(current.get(k, "") == v for k, v in settings.items() if v) and already_up(client, stack.project):
+        console.print(f"the {stack.engine} stack ({stack.project}) is up and as configured: nothing to do", markup=False)
+        return next_steps(summary(client, stack))
+    values = current | {k: v for k, v in settings.items() if v}
+    bind = os.environ.get("WEBUI_BIND") or values.get("WEBUI_BIND") or "127.0.0.1"
+    raw_port = str(r.port or os.environ.get("WEBUI_PORT") or values.get("WEBUI_PORT") or 3000)
+    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+        raise UserError(f"WEBUI_PORT {shown(raw_port)} is not a port number: fix it in {env_path} or the environment, or give --port")
+    web_port = int(raw_port)
+    t = check_context(engine=plan.engine, model=plan.model, gpu=stack.gpu, ports=() if is_up else ((bind, web_port),), data_root=r.data_root,
+               offline=r.offline)
+    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(env_target))
+    console.print(report(found), markup=False)
+    failed = [c for c in found if c.status == "fail"]
+    if failed:
+        raise UserError(f"doctor: {failed[0].name}: {failed[0].detail}" + (f" ({len(failed) - 1} more above)" if len(failed) > 1 else "")
+                        + (f"; fix: {failed[0].fix}" if failed[0].fix else ""))
+    echo(planner.report(plan, box, passed))
+    echo(f"stack:    {' '.join('-f ' + str(f.relative_to(stacks) if f.is_relative_to(stacks) else f) for f in stack.files)} (project {stack.project})")
+    if not r.yes:
+        confirm()
+    write_settings(env_path, env_target, settings)
+    console.print(f"starting the {stack.engine} stack: docker compose up -d --wait (images are pulled where missing)", markup=False)
+    compose_up(client, stack, console)
+    return next_steps(summary(client, stack))
 

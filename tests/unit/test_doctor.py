@@ -15,8 +15,8 @@ import pytest
 from support.privileges import as_root
 
 from builder.doctor import checks
-from builder.doctor.checks import Nvml, Target
-from builder.doctor.target import image_cuda, one_line, shm_bytes
+from builder.doctor.checks import CheckContext, Nvml
+from builder.doctor.context import image_cuda, one_line, shm_bytes
 
 GB = 1000**3
 
@@ -26,25 +26,25 @@ def test_a_port_held_by_a_process_fails_and_a_free_one_passes():
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        c = checks.check_ports(Target(docker=None, ports=(("127.0.0.1", port),)))
+        c = checks.check_ports(CheckContext(docker=None, ports=(("127.0.0.1", port),)))
         assert c.status == "fail" and f"127.0.0.1:{port} (in use)" in c.detail and "--port" in c.fix
-    assert checks.check_ports(Target(docker=None, ports=(("127.0.0.1", port),))).status == "ok"
+    assert checks.check_ports(CheckContext(docker=None, ports=(("127.0.0.1", port),))).status == "ok"
 
 
 @pytest.mark.parametrize("small_volume", ["4m"], indirect=True)
 def test_the_disk_check_measures_the_data_root_it_is_given(small_volume: Path):
     """A 4 MiB tmpfs as the data root: too small for any model, enough for one that is smaller."""
-    small = checks.check_disk(Target(docker=None, model="r1-distill-qwen-1.5b", model_bytes=1 * GB, data_root=small_volume), None)
+    small = checks.check_disk(CheckContext(docker=None, model="r1-distill-qwen-1.5b", model_bytes=1 * GB, data_root=small_volume), None)
     assert small.status == "fail" and "4.0 MiB free in" in small.detail and "needs about 1 GB" in small.detail, small
-    fits = checks.check_disk(Target(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None)
+    fits = checks.check_disk(CheckContext(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None)
     assert fits.status == "ok", fits
     (small_volume / "fill").write_bytes(b"\0" * 3_500_000)  # the free space is read now, not remembered
-    assert checks.check_disk(Target(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None).status == "fail"
+    assert checks.check_disk(CheckContext(docker=None, model="tiny", model_bytes=1_000_000, data_root=small_volume), None).status == "fail"
 
 
 def test_disk_without_a_daemon_or_a_readable_root_is_skipped_with_the_reason(tmp_path: Path):
-    assert checks.check_disk(Target(docker=None), None).status == "skip"
-    missing = checks.check_disk(Target(docker=None, data_root=tmp_path / "none"), None)
+    assert checks.check_disk(CheckContext(docker=None), None).status == "skip"
+    missing = checks.check_disk(CheckContext(docker=None, data_root=tmp_path / "none"), None)
     assert missing.status == "skip" and "--data-root" in missing.detail
 
 
@@ -58,7 +58,7 @@ NVML_OLD = Nvml(driver="535.104.05", cuda=(12, 2), gpus=("NVIDIA H100 80GB HBM3"
     (Nvml(error="no NVIDIA driver answered (NVML Shared Library Not Found)"), "13.0", "skip"),
 ])
 def test_the_driver_is_compared_with_the_images_cuda(nvml: Nvml, cuda: str, status: str):
-    c = checks.check_driver(Target(docker=None, engine="vllm", gpu=True, image_cuda=cuda), nvml)
+    c = checks.check_driver(CheckContext(docker=None, engine="vllm", gpu=True, image_cuda=cuda), nvml)
     assert c.status == status, c
     if status == "fail":
         assert "supports CUDA 12.2" in c.detail and "CUDA 13.0" in c.detail and "update the NVIDIA driver" in c.fix
@@ -71,22 +71,22 @@ def test_the_images_cuda_comes_from_the_image_catalog():
 
 
 def test_the_toolkit_needs_the_nvidia_runtime_or_a_cdi_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    gpu = Target(docker=None, gpu=True)
+    gpu = CheckContext(docker=None, gpu=True)
     assert checks.check_toolkit(gpu, NVML_OLD, {"Runtimes": {"runc": {}, "nvidia": {}}}).status == "ok"
     monkeypatch.setattr(checks, "CDI_DIRS", (tmp_path,))
     assert checks.check_toolkit(gpu, NVML_OLD, {"Runtimes": {"runc": {}}}).status == "fail"
     (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
     assert checks.cdi_specs((tmp_path,)) == [tmp_path / "nvidia.yaml"]
-    assert checks.check_toolkit(Target(docker=None, gpu=False), NVML_OLD, None).status == "skip"
+    assert checks.check_toolkit(CheckContext(docker=None, gpu=False), NVML_OLD, None).status == "skip"
 
 
 def test_shm_and_numa_and_memlock(tmp_path: Path):
     assert shm_bytes("16g") == 16 * 1024**3 and shm_bytes("512m") == 512 * 1024**2 and shm_bytes("lots") is None
-    assert checks.check_shm(Target(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=8 * 1024**3).status == "fail"
-    assert checks.check_shm(Target(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=64 * 1024**3).status == "ok"
-    assert checks.check_shm(Target(docker=None, engine="llamacpp"), ram=1).status == "skip"
-    assert checks.check_numa(Target(docker=None, engine="ktransformers"), 2).status == "warn"
-    assert checks.check_numa(Target(docker=None, engine="llamacpp"), 2).status == "ok"
+    assert checks.check_shm(CheckContext(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=8 * 1024**3).status == "fail"
+    assert checks.check_shm(CheckContext(docker=None, engine="vllm", vllm_shm=16 * 1024**3), ram=64 * 1024**3).status == "ok"
+    assert checks.check_shm(CheckContext(docker=None, engine="llamacpp"), ram=1).status == "skip"
+    assert checks.check_numa(CheckContext(docker=None, engine="ktransformers"), 2).status == "warn"
+    assert checks.check_numa(CheckContext(docker=None, engine="llamacpp"), 2).status == "ok"
     assert checks.check_memlock(tmp_path / "no-infiniband").status == "skip"
     (tmp_path / "ib" / "mlx5_0").mkdir(parents=True)
     assert checks.check_memlock(tmp_path / "ib").status in ("ok", "warn")

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from builder.core.errors import UserError
 from builder.core.paths import repo_root
+from builder.plan.envfile import read_values
 from builder.stack.choose import choose, engines, project_of, projects
 from builder.stack.up import DownloadView
 
@@ -90,3 +91,10 @@ def test_model_inits_lines_in_a_terminal_become_a_bar():
     assert task.total == int(1.1 * 1024**3) and task.completed == int(563.2 * 1024**2)
     view.close()
     assert "downloading the model" in out.getvalue() and "total 50%" not in out.getvalue()
+
+
+def test_the_env_values_up_compares_are_the_ones_compose_reads(tmp_path: Path):
+    env = tmp_path / ".env"
+    env.write_bytes(b"# mine\nMODEL=old\nexport MODEL='r1-distill-qwen-1.5b' # last one wins\nWEBUI_PORT=\"3001\"\nHOME_DIR=$HOME/x\r\nA=\"1\" B=2\n")
+    assert read_values(env) == {"MODEL": "r1-distill-qwen-1.5b", "WEBUI_PORT": "3001", "A": "1", "B": "2"}  # $HOME: compose's, not known
+    assert read_values(tmp_path / "missing") == {}

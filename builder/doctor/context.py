@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from builder.core.values import unsafe_character
-from builder.doctor.checks import GB, Check, Target
+from builder.doctor.checks import GB, Check, CheckContext
 from builder.images import catalog as images
 from builder.images.docker import docker_clients
 from builder.models import catalog as models
@@ -47,15 +47,15 @@ def shm_bytes(value: str) -> int | None:
     return int(float(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()])
 
 
-def target(*, engine: str | None, model: str | None, gpu: bool, ports: tuple[tuple[str, int], ...] = (), data_root: Path | None = None,
-           offline: bool = False, engine_image: str | None = None, env: dict[str, str] | None = None) -> Target:
+def check_context(*, engine: str | None, model: str | None, gpu: bool, ports: tuple[tuple[str, int], ...] = (), data_root: Path | None = None,
+                  offline: bool = False, engine_image: str | None = None, env: dict[str, str] | None = None) -> CheckContext:
     env = dict(os.environ) if env is None else env
     entry = None
     if model is not None and "/" not in model and not model.endswith(".gguf"):
         entry = models.load().get(model)
     shm = shm_bytes(env.get("VLLM_SHM_SIZE", "16g")) if engine == "vllm" else None
     clients = docker_clients()
-    return Target(
+    return CheckContext(
         docker=clients[0] if clients else None, engine=engine, gpu=gpu, image_cuda=image_cuda(engine) if engine and gpu else None,
         engine_image=engine_image, model=model, model_bytes=int(entry.approx_size_gb * GB) if entry and entry.approx_size_gb else None,
         repo=entry.repo if entry else None, ports=ports, data_root=data_root, hub=not offline, vllm_shm=shm,
