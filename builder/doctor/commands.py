@@ -13,9 +13,8 @@ from builder.core.command import error_line
 from builder.core.errors import UserError, shown
 from builder.core.paths import repo_root
 from builder.doctor import checks
-from builder.doctor.context import check_context, report, stack_token
-from builder.models import catalog
-from builder.plan import hardware, planner
+from builder.doctor.context import check_context, plan_check, report, stack_token
+from builder.plan import hardware
 
 
 @click.command("doctor")
@@ -36,13 +35,13 @@ def doctor_command(model: str | None, engine: str | None, cpu: bool, port: int, 
     except ValueError:
         raise UserError(f"--bind {shown(bind)} is not an IP address (127.0.0.1, 0.0.0.0, ::1)") from None
     box = hardware.describe(gpus="none" if cpu else None)
-    plan, _ = planner.choose(catalog.load(), box, model, engine, None)
-    t = check_context(engine=plan.engine, model=plan.model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
-    found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(repo_root() / "stacks" / ".env"))
+    planned, model, engine = plan_check(box, model, engine)
+    t = check_context(engine=engine, model=model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
+    found = [planned, *checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(repo_root() / "stacks" / ".env"))]
     if as_json:
-        click.echo(json.dumps({"model": plan.model, "engine": plan.engine, "checks": [c.as_json() for c in found]}, indent=2))
+        click.echo(json.dumps({"model": model, "engine": engine, "checks": [c.as_json() for c in found]}, indent=2))
     else:
-        click.echo(f"checking for {plan.model} on {plan.engine}" + (" (GPU)" if t.gpu else " (CPU)"))
+        click.echo(f"checking for {model} on {engine}" + (" (GPU)" if t.gpu else " (CPU)"))
         click.echo(report(found))
     failed = [c.name for c in found if c.status == "fail"]
     if failed:

@@ -7,12 +7,14 @@ import os
 import re
 from pathlib import Path
 
+import builder.images.catalog
+from builder.core.errors import UserError
 from builder.core.values import unsafe_character
 from builder.doctor.checks import GB, Check, CheckContext
-from builder.images import catalog as images
 from builder.images.docker import docker_clients
-from builder.models import catalog as models
-from builder.plan import envfile
+from builder.models import catalog
+from builder.plan import envfile, planner
+from builder.plan.hardware import Machine
 
 SYMBOL = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
 SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmg]?)b?", re.IGNORECASE)
@@ -21,7 +23,7 @@ SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmg]?)b?", re.IGNORECASE)
 def image_cuda(engine: str) -> str | None:
     """The CUDA version of the engine's default image: the target's cuda_version or cuda option's default, or its
     params' cuda_version (ktransformers); None for an engine whose image is not ours (Ollama)."""
-    cat = images.load()
+    cat = builder.images.catalog.load()
     for name in (f"{engine}-cuda", engine):
         target = cat.targets.get(name)
         if target is None:
@@ -39,6 +41,22 @@ def stack_token(env_file: Path) -> str | None:
     return os.environ.get("HF_TOKEN", "").strip() or envfile.read_values(env_file).get("HF_TOKEN", "").strip() or None
 
 
+def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Check, str, str]:
+    """The plan for this machine as a check, and the model and engine the other checks are about. Where a named model
+    (or engine) does not fit, that check fails and the host is still checked for them: a machine that cannot run
+    vLLM still learns what else is missing."""
+    try:
+        plan, _ = planner.choose(catalog.load(), box, model, engine, None)
+    except UserError as e:
+        if model is None or "/" in model or model.endswith(".gguf"):
+            raise
+        named = engine or next(iter(catalog.load().get(model).engines), None)
+        if named is None:
+            raise
+        return Check("plan", "fail", str(e), "pick a smaller model or another engine (`builder plan` recommends one)"), model, named
+    return Check("plan", "ok", f"{plan.model} on {plan.engine}: {plan.expectation}"), plan.model, plan.engine
+
+
 def shm_bytes(value: str) -> int | None:
     """compose's shm_size (16g, 512m) in bytes."""
     match = SIZE.fullmatch(value.strip())
@@ -52,7 +70,7 @@ def check_context(*, engine: str | None, model: str | None, gpu: bool, ports: tu
     env = dict(os.environ) if env is None else env
     entry = None
     if model is not None and "/" not in model and not model.endswith(".gguf"):
-        entry = models.load().get(model)
+        entry = catalog.load().get(model)
     shm = shm_bytes(env.get("VLLM_SHM_SIZE", "16g")) if engine == "vllm" else None
     clients = docker_clients()
     return CheckContext(

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import python_on_whales.utils
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
-from python_on_whales.utils import run as whales_run
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -64,7 +64,7 @@ def other_engine_up(client: DockerClient, stacks: Path, stack: StackFiles) -> st
 def config_hashes(client: DockerClient) -> dict[str, str]:
     """compose's hash of each service's configuration, as the .env and the files make it now: a container whose
     label carries the same hash is what `up` would leave as it is."""
-    out = whales_run(client.client_config.docker_compose_cmd + ["config", "--hash", "*"])
+    out = python_on_whales.utils.run(client.client_config.docker_compose_cmd + ["config", "--hash", "*"])
     return dict(line.split(None, 1) for line in out.splitlines() if line.strip())  # type: ignore[union-attr]
 
 

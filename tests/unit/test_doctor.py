@@ -16,7 +16,7 @@ from support.privileges import as_root
 
 from builder.doctor import checks
 from builder.doctor.checks import CheckContext, Nvml
-from builder.doctor.context import image_cuda, one_line, shm_bytes
+from builder.doctor.context import image_cuda, one_line, plan_check, shm_bytes
 
 GB = 1000**3
 
@@ -154,3 +154,13 @@ def test_up_refuses_a_model_that_fits_nowhere_and_no_docker_in_one_line(tmp_path
                                env={**os.environ, "PATH": str(python)}, capture_output=True, text=True, timeout=120)
     assert no_docker.returncode == 2 and no_docker.stderr == "error: no docker command on PATH: " + checks.DOCKER_HINT + "\n", no_docker.stderr
     assert not env_file.exists()
+
+
+def test_a_named_model_that_does_not_fit_is_a_failed_check_and_the_host_is_still_checked():
+    from builder.plan import hardware
+
+    box = hardware.describe(gpus="none", ram_gib=16, cores=4, numa=1, cpu="avx2")
+    planned, model, engine = plan_check(box, "r1-distill-qwen-1.5b-bf16", None)
+    assert planned.status == "fail" and "vLLM needs GPUs" in planned.detail and (model, engine) == ("r1-distill-qwen-1.5b-bf16", "vllm")
+    planned, model, engine = plan_check(box, None, None)
+    assert planned.status == "ok" and engine in ("llamacpp", "ollama")
