@@ -38,7 +38,8 @@ def run(r: LoadRequest) -> Manifest:
         verify(reader, manifest)
         stack_files = [f.path for f in manifest.files if f.path.startswith(f"{STACKS}/")]
         check_stack_files(reader, manifest, stack_files, r.stacks, r.force)
-        settings = read_settings(reader)
+        # An offline host: the engines' own Hub lookups off too (stacks/shared/services.yml reads it).
+        settings = read_settings(reader) | {"HF_HUB_OFFLINE": "1"}
         # Loading starts here: nothing above wrote anything.
         docker = DockerClient()
         for n, image in enumerate(manifest.images, 1):

@@ -220,7 +220,7 @@ def bring_up(r: UpRequest, console: Console, echo: Callable[[str], None], confir
     other = other_engine_up(client, stacks, stack)
     if other:
         raise UserError(f"the {other} stack is up: stop it first (builder down), or keep it (builder up --engine {other})")
-    settings = dict(plan.settings) | ({"WEBUI_PORT": str(r.port)} if r.port else {})
+    settings = dict(plan.settings) | ({"WEBUI_PORT": str(r.port)} if r.port else {}) | ({"HF_HUB_OFFLINE": "1"} if r.offline else {})
     current = envfile.read_values(env_target)
     is_up = state.running(client, stack.project)
     if is_up and all(current.get(k, "") == v for k, v in settings.items() if v) and already_up(client, stack.project):

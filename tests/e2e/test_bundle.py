@@ -170,6 +170,7 @@ def test_a_saved_bundle_loads_and_serves_a_chat_with_no_route_out(world: dict, s
     with Stack(world["project"], files, world["base"]) as stack:
         stack("up", "-d", "--no-build", "--pull", "never")
         assert "already downloaded and verified" in stack.logs("model-init")
+        assert "HF_HUB_OFFLINE=1" in stack.inspect("llamacpp")["Config"]["Env"], "the load's settings keep the engine off the Hub"
         network = stack.inspect("open-webui")["NetworkSettings"]["Networks"]
         assert [json.loads(subprocess.run(["docker", "network", "inspect", n], capture_output=True, text=True, check=True).stdout)[0]["Internal"]
                 for n in network] == [True]
