@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,14 @@ from playwright.sync_api import Page
 from python_on_whales import Container, DockerClient
 from support import browser
 from support.containers import wait_until_container_healthy
-from support.http import LOOPBACK_ANY_PORT, published_url, wait_until_healthy
-from support.open_webui import get_json, model_ids, newest_chat_messages, sign_in
+from support.open_webui import (
+    get_json,
+    model_ids,
+    newest_chat_messages,
+    running_open_webui,
+    sign_in,
+    user_network,
+)
 from support.prerequisites import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.browser]
@@ -32,11 +37,8 @@ SCREENSHOT = REPO / "docs" / "screenshots" / "open-webui-chat.png"
 
 @pytest.fixture(scope="module")
 def network(docker: DockerClient):
-    net = docker.network.create(f"r1kit-webui-{uuid.uuid4().hex[:8]}")
-    try:
+    with user_network(docker, "r1kit-webui") as net:
         yield net
-    finally:
-        docker.network.remove(net)
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +62,8 @@ def llama_server(docker: DockerClient, network, llamacpp_cpu_image: str, tiny_mo
 @pytest.fixture(scope="module")
 def open_webui(docker: DockerClient, network, open_webui_image: str, llama_server: Container):
     """Open WebUI configured as a stack configures upstream's image; yields its URL on 127.0.0.1."""
-    container = docker.run(
-        open_webui_image,
-        detach=True,
-        name=f"{network.name}-open-webui",
-        networks=[network],
-        publish=[(LOOPBACK_ANY_PORT, 8080)],
-        envs={
-            "OPENAI_API_BASE_URL": "http://llama:8080/v1",
-            "OPENAI_API_KEY": API_KEY,
-            "ENABLE_OLLAMA_API": "False",
-            "WEBUI_SECRET_KEY": "test-secret-not-secret",
-        },
-    )
-    try:
-        # The first start runs migrations and imports torch: about a minute on two cores.
-        url = published_url(container)
-        wait_until_healthy(f"{url}/health", timeout=300)
-        yield container, url
-    finally:
-        # volumes=True: the anonymous volume the image declares for /app/backend/data goes too.
-        container.remove(force=True, volumes=True)
+    with running_open_webui(docker, network, open_webui_image, API_KEY) as running:
+        yield running
 
 
 def test_image_keeps_upstreams_contract(open_webui: tuple[Container, str], docker: DockerClient):

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,7 @@ from playwright.sync_api import Page, expect
 from python_on_whales import Container, DockerClient
 from support import browser
 from support.containers import wait_until_container_healthy
-from support.http import LOOPBACK_ANY_PORT, published_url, wait_until_healthy
-from support.open_webui import sign_in
+from support.open_webui import running_open_webui, sign_in, user_network
 from support.prerequisites import REPO
 from support.reasoning import (
     recorded_exchanges,
@@ -45,11 +43,8 @@ PROXY = Path(__file__).parents[1] / "support" / "recording_proxy.py"
 
 @pytest.fixture(scope="module")
 def network(docker: DockerClient):
-    net = docker.network.create(f"r1kit-reasoning-{uuid.uuid4().hex[:8]}")
-    try:
+    with user_network(docker, "r1kit-reasoning") as net:
         yield net
-    finally:
-        docker.network.remove(net)
 
 
 @pytest.fixture(scope="module")
@@ -96,25 +91,8 @@ def proxy(docker: DockerClient, network, open_webui_image: str, engine: Containe
 @pytest.fixture(scope="module")
 def open_webui(docker: DockerClient, network, open_webui_image: str, proxy: Container):
     """Open WebUI configured as the llama.cpp stack configures it (stacks/shared/services.yml, llamacpp-webui.yml)."""
-    container = docker.run(
-        open_webui_image,
-        detach=True,
-        name=f"{network.name}-open-webui",
-        networks=[network],
-        publish=[(LOOPBACK_ANY_PORT, 8080)],
-        envs={
-            "OPENAI_API_BASE_URL": "http://llama:8080/v1",
-            "OPENAI_API_KEY": API_KEY,
-            "ENABLE_OLLAMA_API": "False",
-            "WEBUI_SECRET_KEY": "test-secret-not-secret",
-        },
-    )
-    try:
-        url = published_url(container)
-        wait_until_healthy(f"{url}/health", timeout=300)
-        yield container, url
-    finally:
-        container.remove(force=True, volumes=True)
+    with running_open_webui(docker, network, open_webui_image, API_KEY) as running:
+        yield running
 
 
 def chat_exchanges(docker: DockerClient, proxy: Container, streamed: int, timeout: float = 30) -> list[dict]:

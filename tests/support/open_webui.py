@@ -15,12 +15,17 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from python_on_whales import Container, DockerClient, Network
+
 from builder.images.build import host_ca_bundle
 from builder.images.docker import Backend
-from support.http import post_json
+from support.http import LOOPBACK_ANY_PORT, post_json, published_url, wait_until_healthy
 from support.prerequisites import REPO
 
 OPEN_WEBUI_IMAGE = "r1kit-test/open-webui"  # the suite tags it per run
@@ -94,3 +99,40 @@ def newest_chat_messages(url: str, token: str) -> list[dict[str, Any]]:
     assert chats, "the account has no chat"
     chat = get_json(f"{url}/api/v1/chats/{chats[0]['id']}", token)["chat"]
     return list(chat["history"]["messages"].values())
+
+
+@contextmanager
+def running_open_webui(docker: DockerClient, network: Network, image: str, api_key: str) -> Iterator[tuple[Container, str]]:
+    """Open WebUI on `network`, configured as a stack configures upstream's image, reaching an OpenAI-compatible engine
+    named `llama` on that network; yields the container and its URL on 127.0.0.1."""
+    container = docker.run(
+        image,
+        detach=True,
+        name=f"{network.name}-open-webui",
+        networks=[network],
+        publish=[(LOOPBACK_ANY_PORT, 8080)],
+        envs={
+            "OPENAI_API_BASE_URL": "http://llama:8080/v1",
+            "OPENAI_API_KEY": api_key,
+            "ENABLE_OLLAMA_API": "False",
+            "WEBUI_SECRET_KEY": "test-secret-not-secret",
+        },
+    )
+    try:
+        # The first start runs migrations and imports torch: about a minute on two cores.
+        url = published_url(container)
+        wait_until_healthy(f"{url}/health", timeout=300)
+        yield container, url
+    finally:
+        # volumes=True: the anonymous volume the image declares for /app/backend/data goes too.
+        container.remove(force=True, volumes=True)
+
+
+@contextmanager
+def user_network(docker: DockerClient, prefix: str) -> Iterator[Network]:
+    """A user-defined network, as a compose stack has: containers reach each other by name."""
+    net = docker.network.create(f"{prefix}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield net
+    finally:
+        docker.network.remove(net)
