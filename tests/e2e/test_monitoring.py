@@ -132,11 +132,17 @@ def bench(stack: Stack, api_key: Path, tmp_path_factory: pytest.TempPathFactory)
     engine = stack.url("llamacpp", 8080)
     wait_until_healthy(f"{engine}/health", timeout=120)
     prometheus = stack.url("prometheus", 9090)
+    # A bench begun before Prometheus's first scrape of the engine would find no sample in its first level.
+    deadline = time.monotonic() + 90
+    while not api(stack, "/api/v1/query", query="llamacpp:requests_processing")["result"]:
+        assert time.monotonic() < deadline, f"Prometheus has no sample of the engine\n{stack.logs('prometheus')}"
+        time.sleep(1)
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # Levels long enough for several scrapes each (rate() over [1m] needs two samples).
+    # Levels long enough for several scrapes each (rate() over [1m] needs two samples): 128 requests of 512 tokens
+    # took 19 s at concurrency 4 on a two-core machine, twice the two scrapes the test needs.
     started = time.time()
     run = builder("bench", engine, "--api-key-file", str(api_key), "--prometheus", prometheus, "--concurrency", "1,4",
-                  "--requests", "48", "--prompt-tokens", "64", "--max-tokens", "512", "--json", str(out),
+                  "--requests", "128", "--prompt-tokens", "64", "--max-tokens", "512", "--json", str(out),
                   capture_output=True, check=False, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     # The last level's final state reaches Prometheus at its next scrape.
