@@ -30,6 +30,7 @@ from support.reasoning import (
     streamed_answer,
     write_r1_model,
 )
+from support.tiny_gguf import vocabulary
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.browser]
 
@@ -39,6 +40,8 @@ ADMIN = {"name": "Ada Admin", "email": "admin@example.com", "password": "correct
 PROMPTS = ["Count from one to ten in French", "And now in German"]
 SCREENSHOT = REPO / "docs" / "screenshots" / "open-webui-reasoning.png"
 PROXY = Path(__file__).parents[1] / "support" / "recording_proxy.py"
+WORD_BIAS = [arg for token_id, token in enumerate(vocabulary()[0]) if token.startswith("\u2581".encode())
+             for arg in ("--logit-bias", f"{token_id}+4")]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,11 @@ def engine(docker: DockerClient, network, llamacpp_cpu_image: str, tmp_path_fact
     model = write_r1_model(tmp_path_factory.mktemp("r1-model"))
     container = docker.run(
         llamacpp_cpu_image,
-        # -n 48: a random model rarely stops by itself; the stack leaves the answer's length to the request.
-        ["-m", f"/models/{model.name}", "--alias", MODEL, "-c", "1024", "-n", "48", "-np", "1", "--api-key", API_KEY],
+        # -n 48 and --ignore-eos: every answer is 48 tokens of thinking. Most of the random model's vocabulary is
+        # single bytes; the biased word tokens make its thinking hold words the page must show (unbiased, a run
+        # sometimes had fewer than three).
+        ["-m", f"/models/{model.name}", "--alias", MODEL, "-c", "1024", "-n", "48", "--ignore-eos", *WORD_BIAS,
+         "-np", "1", "--api-key", API_KEY],
         detach=True,
         envs=stack_reasoning_env(),
         name=f"{network.name}-engine",
