@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 STACKS = REPO / "stacks"
 HEAD_FILES = [STACKS / "cluster-head.yml", STACKS / "cluster-shared-models.yml", REPO / "tests/e2e/cluster-on-bridge.yml"]
 WORKER_FILES = [STACKS / "cluster-worker.yml", STACKS / "cluster-shared-models.yml", REPO / "tests/e2e/cluster-on-bridge.yml"]
-MODEL = "r1-671b-fp8"
+MODEL = "r1-0528-fp8"  # the cluster stacks' default VLLM_MODEL (R1-0528)
 # R1's attention shape (MLA) and layer count, from its config.json; no weights.
 R1_CONFIG = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "num_hidden_layers": 61,
              "hidden_size": 7168, "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64,

@@ -112,9 +112,11 @@ def _stack_run(tmp_path: Path, **env: str) -> tuple[list[str], dict[str, str], l
     models, keys = tmp_path / "models", tmp_path / "keys"
     (models / ".r1kit").mkdir(parents=True)
     keys.mkdir()
-    weights = "/models/r1-671b-fp8"
+    # What model-init writes for the defaults, R1-0528: its FP8 folder, and the first shard of its Q4_K_M GGUF, which
+    # unsloth's 0528 repository keeps in a bare quant folder (Q4_K_M/, not DeepSeek-R1-Q4_K_M/ as the original's).
+    weights = "/models/r1-0528-fp8"
     (models / ".r1kit" / Path(environment["KT_MODEL_PATH_FILE"]).name).write_text(weights + "\n")
-    (models / ".r1kit" / Path(environment["KT_WEIGHT_PATH_FILE"]).name).write_text("/models/DeepSeek-R1-Q4_K_M/DeepSeek-R1-Q4_K_M-00001-of-00009.gguf\n")
+    (models / ".r1kit" / Path(environment["KT_WEIGHT_PATH_FILE"]).name).write_text("/models/Q4_K_M/DeepSeek-R1-0528-Q4_K_M-00001-of-00009.gguf\n")
     (keys / "ktransformers_api_key").write_text("stack-key-0c4e")
     for p in (models, models / ".r1kit", keys):
         p.chmod(0o755)
@@ -141,7 +143,7 @@ def test_every_flag_the_stack_passes_is_parsed_by_sglang_kt(docker: DockerClient
     assert parsed["mem_fraction_static"] == float(want["KT_MEM_FRACTION"]) and parsed["attention_backend"] == want["KT_ATTENTION_BACKEND"]
     assert parsed["served_model_name"] == want["KT_SERVED_NAME"] and parsed["trust_remote_code"] is True and parsed["disable_shared_experts_fusion"] is True
     # What the entrypoint added: the folders model-init wrote, the key from the keys volume (never printed), the port.
-    assert parsed["model_path"] == "/models/r1-671b-fp8" and parsed["kt_weight_path"] == "/models/DeepSeek-R1-Q4_K_M"
+    assert parsed["model_path"] == "/models/r1-0528-fp8" and parsed["kt_weight_path"] == "/models/Q4_K_M"
     assert parsed["api_key"] == "<set>" and "stack-key-0c4e" not in out.stdout + out.stderr
     assert (parsed["host"], parsed["port"]) == ("0.0.0.0", 30000)
 

@@ -467,6 +467,37 @@ def test_model_is_one_variable_away():
         assert "r1-distill-qwen-1.5b" not in text, f"{stack}: a path still names the default model"
 
 
+def test_the_r1_stacks_serve_the_newest_r1_and_the_original_is_one_setting_away():
+    """ktransformers and the cluster stacks default to the catalog's newest R1 release (R1-0528); ktransformers takes
+    its config folder (KT_MODEL) and its GPU-less experts (KT_EXPERTS) from that one release, since the experts' GGUF
+    must match the config's model. Setting the variables gives the original R1, with no path left naming 0528."""
+    from builder.models import catalog as models
+
+    cat = models.load()
+    newest = max(m.released for m in cat.models.values() if m.arch == "deepseek-r1")
+    kt = config(COMBOS["ktransformers"])["services"]
+    weights, experts = (cat.get(kt[s]["command"][0]) for s in ("model-init-weights", "model-init"))
+    assert (weights.name, experts.name) == ("r1-0528-fp8", "r1-0528-q4_k_m")
+    assert (weights.format, experts.format) == ("safetensors", "gguf")
+    assert weights.arch == experts.arch == "deepseek-r1" and weights.released == experts.released == newest
+    assert "ktransformers" in weights.engines and "ktransformers" in experts.engines
+    for service, m, variable in (("model-init-weights", weights, "KT_MODEL_PATH_FILE"), ("model-init", experts, "KT_WEIGHT_PATH_FILE")):
+        args = kt[service]["command"]
+        assert args[args.index("--path-file") + 1] == kt["ktransformers"]["environment"][variable] == f"/models/.r1kit/{m.name}.path"
+    for stack in ("cluster-head", "cluster-worker"):
+        services = config(COMBOS[stack])["services"]
+        name = services["model-init"]["command"][0]
+        assert name == "r1-0528-fp8" and services["vllm"]["command"][0] == f"/models/{name}"
+        assert cat.get(name).released == newest and "vllm" in cat.get(name).engines
+
+    original = config(COMBOS["ktransformers"], KT_MODEL="r1-671b-fp8", KT_EXPERTS="r1-671b-q4_k_m")["services"]
+    assert (original["model-init-weights"]["command"][0], original["model-init"]["command"][0]) == ("r1-671b-fp8", "r1-671b-q4_k_m")
+    assert "r1-0528" not in json.dumps(original)
+    for stack in ("cluster-head", "cluster-worker"):
+        services = config(COMBOS[stack], VLLM_MODEL="r1-671b-fp8")["services"]
+        assert services["vllm"]["command"][0] == "/models/r1-671b-fp8" and "r1-0528" not in json.dumps(services)
+
+
 def test_ollama_wiring():
     cfg = config(COMBOS["ollama"])
     init, server, create, webui = (cfg["services"][s] for s in ("model-init", "ollama", "ollama-create", "open-webui"))
