@@ -91,7 +91,7 @@ class Job(Layout):
     """Every setting of one script, checked (see `check`)."""
 
     preset: str
-    model: str = "r1-671b-fp8"
+    model: str = "r1-0528-fp8"  # R1-0528, the R1 most run now (--model r1-671b-fp8: the original)
     launcher: str = "pyxis"
     image: str | None = None  # None: the project's published vLLM image
     model_init_image: str | None = None

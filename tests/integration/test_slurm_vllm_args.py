@@ -32,9 +32,9 @@ def test_the_scripts_vllm_arguments_parse_in_vllms_parser(vllm_python: Path, lau
         ok = result["ok"]
         p = presets.get(name, presets["2x4-h200"])
         models_dir = "/models" if launcher != "bare" else p.models_dir
-        assert ok["model_tag"] == f"{models_dir}/r1-671b-fp8"
+        assert ok["model_tag"] == f"{models_dir}/r1-0528-fp8"  # the default model: R1-0528
         assert (ok["tensor_parallel_size"], ok["pipeline_parallel_size"]) == (p.tensor_parallel, p.pipeline_parallel)
         assert ok["distributed_executor_backend"] == "ray" and ok["reasoning_parser"] == "deepseek_r1"
-        assert ok["served_model_name"] == ["r1-671b-fp8"] and ok["api_key"] is None
+        assert ok["served_model_name"] == ["r1-0528-fp8"] and ok["api_key"] is None
         assert ok["host"] == ("0.0.0.0" if name == "every-option" else "127.0.0.1") and ok["port"] == 8000
     assert results[-1]["ok"]["enable_expert_parallel"] is True and results[-1]["ok"]["max_num_seqs"] == 32

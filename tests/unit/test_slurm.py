@@ -47,7 +47,7 @@ def test_the_scripts_shape(tmp_path: Path):
     assert "VENV=/sw/vllm" in bare and "R1KIT_HOME=/sw/r1kit" in bare and '"$VENV/bin/python" "$R1KIT_HOME/cluster.py"' in bare
     gh200 = render("16x1-gh200")
     assert "#SBATCH --nodes=16" in gh200 and "--container-image='ghcr.io#r1kit/model-init:0.1.0'" in gh200
-    assert "builder download r1-671b-fp8 --dest /models/r1-671b-fp8" in gh200
+    assert "builder download r1-0528-fp8 --dest /models/r1-0528-fp8" in gh200  # the default model: R1-0528
     # One node: no worker step runs (the script's guard), and no key appears anywhere.
     assert "(( NODES > 1 ))" in render("2x4-h200", "--nodes", "1", "--tensor-parallel", "4", "--pipeline-parallel", "1")
     keyed = render("2x4-h200", "--host", "0.0.0.0", "--api-key-file", "/etc/key")
@@ -60,7 +60,7 @@ REFUSALS = {
     "pp > layers": (["4x4-h100", "--model", "r1-distill-qwen-1.5b-bf16", "--nodes", "32", "--gpus-per-node", "1", "--tensor-parallel", "1",
                      "--pipeline-parallel", "32"], "pipeline parallel 32 but r1-distill-qwen-1.5b-bf16 has 28 layers"),
     "tp not dividing heads": (["4x4-h100", "--nodes", "2", "--gpus-per-node", "3", "--tensor-parallel", "3", "--pipeline-parallel", "2"],
-                              "does not divide r1-671b-fp8's 128 attention heads"),
+                              "does not divide r1-0528-fp8's 128 attention heads"),
     "tp straddling nodes": (["4x4-h100", "--nodes", "2", "--gpus-per-node", "6", "--tensor-parallel", "4", "--pipeline-parallel", "3",
                              "--model", "r1-distill-qwen-1.5b-bf16"], "a tensor-parallel group would straddle two nodes"),
     "arch without an image": (["16x1-gh200", "--arch", "ppc64le"], "--arch 'ppc64le'"),

@@ -279,7 +279,7 @@ def test_the_reproducer_on_one_line_is_quoted_with_every_launcher(launcher: str,
     assert_nothing_ran(tmp_path, made)
     head = next(c for c in made if c[0] == "srun" and "head" in c)
     if launcher == "bare":
-        assert f"{models}/r1-671b-fp8" in head  # the model's folder in serve_args, one argument
+        assert f"{models}/r1-0528-fp8" in head  # the (default) model's folder in serve_args, one argument
     else:
         assert any(a.endswith(f"{key}:{slurm.API_KEY_IN_CONTAINER}:ro") for a in head), head
 
