@@ -23,6 +23,10 @@
 #   bash tests/gpu/plan.sh bench LLAMA_CPP_TARBALL OUT_DIR   the sweep; QUANTS (default "q4_k q2_k") and BUDGETS_<quant>
 #                                                            (GiB, space-separated) narrow it for a further call
 # WORK_DIR (default /tmp/r1kit-plan) keeps the build and the models between the phases.
+# Knobs for a short call: CPU_TARGET=native (build.sh: one CPU backend, no variants; a far shorter compile) and
+# BUILD_SECONDS (default 500) for the build phase; DEADLINE (epoch seconds: no new step after it, in place of
+# BENCH_SECONDS), SERVE_DEFAULT_AT (the budget in GiB for the stack-default check; default the third) and CPU_MOE=no
+# (skip the every-expert-in-RAM way) for the bench phase.
 #
 # Inputs, prepared on a machine with network, from the repository root (the GPU machine has none):
 #   the source tarball (.cache/llama.cpp-0c1e57098.tar.gz, llama.cpp's pinned tree, checked against its sha256):
@@ -72,7 +76,7 @@ if [ "$phase" = build ]; then
   timeout 120 python3 -m pip install -q --no-index --find-links "${WHEELS:-$repo/.cache/wheels}" --target "$py" -r "$work/requirements.txt" \
     > "$out/pip.txt" 2>&1 || { cat "$out/pip.txt"; exit 1; }
   log "build start"
-  ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout 500 bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
+  ( ACCELERATOR=cuda CUDA_ARCHITECTURES=90 JOBS=$(nproc) timeout "${BUILD_SECONDS:-500}" bash "$repo/images/llamacpp/build.sh" "$work/src" "$work/prefix" > "$out/build.log" 2>&1
     # llama.cpp's own answer to "what fits", printed as flags (it runs from the build folder, beside its libraries).
     timeout 30 cmake --build "$work/src/build" -j "$(nproc)" --target llama-fit-params >> "$out/build.log" 2>&1 ) &
   compile=$!
@@ -91,7 +95,7 @@ fi
 
 [ "$phase" = bench ] || { echo "plan.sh: phase must be build or bench" >&2; exit 2; }
 [ -e "$work/built" ] || { echo "plan.sh: no build in $work: the machine went cold between the phases; run the build phase again" >&2; exit 3; }
-deadline=$(( start + ${BENCH_SECONDS:-490} ))
+deadline=${DEADLINE:-$(( start + ${BENCH_SECONDS:-490} ))}
 time_left() { [ "$(date +%s)" -lt "$deadline" ]; }
 
 # One filler process holds all but the wanted free memory of the GPU, and is told each budget through $want. It
@@ -196,16 +200,20 @@ PY
 serve_default() {
   local m=$1 envs pid served=no
   envs=$(PYTHONPATH=$py python3 - "$repo/stacks/llamacpp-webui.yml" <<'PY'
-import re, shlex, sys, yaml
+import re, sys, yaml
 env = yaml.safe_load(open(sys.argv[1]))["services"]["llamacpp"]["environment"]
 for key, value in env.items():
     default = re.fullmatch(r"\$\{[A-Z0-9_]+:-([^}]*)\}", str(value))
     if key.startswith("LLAMA_ARG_") and key not in ("LLAMA_ARG_API_KEY_FILE", "LLAMA_ARG_ALIAS") and default:
-        print(f"{key}={shlex.quote(default.group(1))}")
+        print(f"{key}={default.group(1)}")
 PY
 )
   log "stack default: $(tr '\n' ' ' <<< "$envs")"
-  eval "env $(tr '\n' ' ' <<< "$envs") LLAMA_ARG_MODEL=$m ${entrypoint[*]} --host 127.0.0.1 --port 8092 --api-key k" \
+  mapfile -t envs <<< "$envs"
+  # No eval and no subshell: $! is env, which execs the entrypoint, which execs llama-server, so the kill below
+  # reaches the server. (An eval in the background left the server running and holding GPU memory: the first
+  # sweep's next budget measured with that much less free.)
+  env "${envs[@]}" "LLAMA_ARG_MODEL=$m" "${entrypoint[@]}" --host 127.0.0.1 --port 8092 --api-key k \
     > "$out/server-default.log" 2>&1 &
   pid=$!
   for _ in $(seq 300); do
@@ -242,7 +250,9 @@ for q in $quants; do
       continue
     fi
     hold "$gib"
-    if [ "$first" = yes ] && [ "$i" = 2 ]; then serve_default "$m"; first=no; fi
+    if [ "$first" = yes ] && { [ "$gib" = "${SERVE_DEFAULT_AT:-}" ] || { [ -z "${SERVE_DEFAULT_AT:-}" ] && [ "$i" = 2 ]; }; }; then
+      serve_default "$m"; first=no
+    fi
 
     # The plan and --measure's choice (its candidates: the plan, the plan at -ub 2048, llama.cpp's fit).
     log "measure $tag"
@@ -285,7 +295,9 @@ PY
     row "$q" "$gib" recipe "-ngl $n" "$out/bench-recipe-$tag.json" "$status"
 
     # Every expert in RAM: one placement whatever the budget, measured once per model where it first loads.
-    if [ "$cpu_moe_done" = no ] && time_left; then
+    if [ "${CPU_MOE:-yes}" = no ]; then
+      :
+    elif [ "$cpu_moe_done" = no ] && time_left; then
       if bench "cpu-moe-$q" -ngl 999 -ot 'ffn_.*_exps=CPU'; then
         cpu_moe_done=$gib
         row "$q" "$gib" cpu-moe "-ngl 999 -ot ffn_.*_exps=CPU" "$out/bench-cpu-moe-$q.json" ""
@@ -297,7 +309,9 @@ PY
     fi
 
     # What llama.cpp's fit chose at this budget, as flags (no weights are loaded).
-    GGML_BACKEND_PATH=$work/prefix/lib/ggml-cpu/libggml-cpu-${variant:-zen4}.so timeout 60 "$work/src/build/bin/llama-fit-params" \
+    cpu_lib=$work/prefix/lib/ggml-cpu/libggml-cpu-${variant:-zen4}.so
+    [ -e "$cpu_lib" ] || cpu_lib=""  # a native build links its one CPU backend in
+    env ${cpu_lib:+"GGML_BACKEND_PATH=$cpu_lib"} timeout 60 "$work/src/build/bin/llama-fit-params" \
       -m "$m" -c 8192 -fa on > "$out/fit-params-$tag.txt" 2> "$out/fit-params-$tag.log" || tail -2 "$out/fit-params-$tag.log"
     log "fit-params $tag: $(cat "$out/fit-params-$tag.txt")"
   done
