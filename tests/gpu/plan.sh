@@ -23,10 +23,15 @@
 #   bash tests/gpu/plan.sh bench LLAMA_CPP_TARBALL OUT_DIR   the sweep; QUANTS (default "q4_k q2_k") and BUDGETS_<quant>
 #                                                            (GiB, space-separated) narrow it for a further call
 # WORK_DIR (default /tmp/r1kit-plan) keeps the build and the models between the phases.
-# Knobs for a short call: CPU_TARGET=native (build.sh: one CPU backend, no variants; a far shorter compile) and
-# BUILD_SECONDS (default 500) for the build phase; DEADLINE (epoch seconds: no new step after it, in place of
-# BENCH_SECONDS), SERVE_DEFAULT_AT (the budget in GiB for the stack-default check; default the third) and CPU_MOE=no
-# (skip the every-expert-in-RAM way) for the bench phase.
+# Knobs for a short call: CPU_TARGET=native (build.sh: one CPU backend, no variants) and BUILD_SECONDS (default
+# 500) for the build phase; DEADLINE (epoch seconds: no new step after it, in place of BENCH_SECONDS),
+# SERVE_DEFAULT_AT (the budget in GiB for the stack-default check; default the third) and CPU_MOE=no (skip the
+# every-expert-in-RAM way) for the bench phase. On 2026-12-06's 16-core H100 machines the portable build (every CPU
+# variant) did not finish in 500 s; CPU_TARGET=native took 393 s. The device tool brings back only a few files from
+# $OUT: give the script another OUT_DIR and put one archive of it there (tar -czf $OUT/r.tgz -C OUT_DIR .).
+# The q2_k sweep, still to run (docs/PERFORMANCE.md), in two calls on one warm machine:
+#   CPU_TARGET=native QUANTS=q2_k WHEELS=.cache/plan-wheels bash tests/gpu/plan.sh build .cache/llama.cpp-0c1e57098.tar.gz /tmp/o
+#   QUANTS=q2_k bash tests/gpu/plan.sh bench x /tmp/o; tar -czf $OUT/r.tgz -C /tmp/o .
 #
 # Inputs, prepared on a machine with network, from the repository root (the GPU machine has none):
 #   the source tarball (.cache/llama.cpp-0c1e57098.tar.gz, llama.cpp's pinned tree, checked against its sha256):
