@@ -1,8 +1,9 @@
 """The vLLM and SGLang metric names the monitoring overlay and `builder bench` read, checked against the engines' own
 packages at the versions the images pin: vLLM from images/vllm/image.yaml, sglang-kt (the ktransformers image's
 SGLang) from images/ktransformers/requirements.txt. Neither engine can serve here (no GPU), so their source is the
-nearest real thing: each wheel is downloaded (pip download --no-deps, cached under .cache/wheels; vLLM's is 336 MB)
-and read as a zip, never installed. A metric is defined there as Gauge/Counter/Histogram(name="..."); Prometheus's
+nearest real thing, read, never imported: vLLM's from the parser venv the argument tests already install
+(tests/support/vllm_venv.py), sglang-kt's wheel downloaded (pip download --no-deps, cached under .cache/wheels) and
+read as a zip. A metric is defined there as Gauge/Counter/Histogram(name="..."); Prometheus's
 client exposes a counter as NAME_total and a histogram as NAME_bucket, NAME_sum and NAME_count.
 
 llama.cpp's names need none of this: tests/e2e/test_monitoring.py scrapes the real llama-server."""
@@ -14,11 +15,13 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import yaml
 from support.prerequisites import CACHE, REPO
+from support.vllm_venv import vllm_parser_python
 
 from builder.images import runtime
 
@@ -43,21 +46,30 @@ def wheel(package: str, version: str) -> Path:
     return found[-1]
 
 
-def exposed(path: Path, top: str) -> dict[str, str]:
+def wheel_sources(path: Path, top: str) -> Iterable[str]:
+    with zipfile.ZipFile(path) as z:
+        yield from (z.read(n).decode("utf-8", "replace") for n in z.namelist() if n.startswith(f"{top}/") and n.endswith(".py"))
+
+
+def installed_sources(python: Path, top: str) -> Iterable[str]:
+    """The package's .py files where `python` has it installed (found without importing it)."""
+    where = subprocess.run([str(python), "-c", f"import importlib.util; print(importlib.util.find_spec({top!r}).submodule_search_locations[0])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    yield from (f.read_text("utf-8", "replace") for f in sorted(Path(where).rglob("*.py")))
+
+
+def exposed(sources: Iterable[str]) -> dict[str, str]:
     """Every name the package's Prometheus metrics appear under at /metrics, with the kind of metric."""
     out = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            if not (name.startswith(f"{top}/") and name.endswith(".py")):
-                continue
-            for ctor, metric in DEFINITION.findall(z.read(name).decode("utf-8", "replace")):
-                kind = next((k for k in ("counter", "gauge", "histogram") if k in ctor.lower()), None)
-                if kind == "counter":
-                    out[metric.removesuffix("_total") + "_total"] = kind
-                elif kind == "histogram":
-                    out.update({f"{metric}{suffix}": kind for suffix in ("_bucket", "_sum", "_count")})
-                elif kind == "gauge":
-                    out[metric] = kind
+    for source in sources:
+        for ctor, metric in DEFINITION.findall(source):
+            kind = next((k for k in ("counter", "gauge", "histogram") if k in ctor.lower()), None)
+            if kind == "counter":
+                out[metric.removesuffix("_total") + "_total"] = kind
+            elif kind == "histogram":
+                out.update({f"{metric}{suffix}": kind for suffix in ("_bucket", "_sum", "_count")})
+            elif kind == "gauge":
+                out[metric] = kind
     return out
 
 
@@ -69,7 +81,11 @@ def used(prefix: str, engine: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def vllm_names() -> dict[str, str]:
-    return exposed(wheel("vllm", VLLM_VERSION), "vllm")
+    python = vllm_parser_python()
+    version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    assert version == VLLM_VERSION, f"the parser venv holds vLLM {version}, the image pins {VLLM_VERSION}"
+    return exposed(installed_sources(python, "vllm"))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +103,7 @@ def test_vllm_names_are_vllms_own(vllm_names: dict[str, str]):
 
 
 def test_sglang_names_are_sglangs_own(sglang_wheel: Path):
-    names = exposed(sglang_wheel, "sglang")
+    names = exposed(wheel_sources(sglang_wheel, "sglang"))
     assert names["sglang:num_running_reqs"] == "gauge" and names["sglang:generation_tokens_total"] == "counter"
     missing = used("sglang", "ktransformers") - set(names)
     assert not missing, f"not metrics of sglang-kt {SGLANG_VERSION}: {sorted(missing)}"
