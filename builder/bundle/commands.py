@@ -38,11 +38,13 @@ def save_command(stack: str, model: str | None, to: Path, stacks: Path | None) -
 @click.argument("path", metavar="DIR|FILE.tar", type=click.Path(path_type=Path))
 @click.option("--stacks", "stacks", type=click.Path(file_okay=False, path_type=Path), help="Where the stack files and settings go (default: the checkout's stacks/).")
 @click.option("--force", is_flag=True, help="Replace stack files that differ from the bundle's.")
-def load_command(path: Path, stacks: Path | None, force: bool) -> None:
-    """Verify every checksum of a bundle, then load its images, stack files, settings and model volume. A load that
-    stopped part-way is resumed by running it again."""
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Check free space here instead of Docker's data root (where its images and volumes live).")
+def load_command(path: Path, stacks: Path | None, force: bool, data_root: Path | None) -> None:
+    """Check free space in Docker's data root, verify every checksum of a bundle, then load its images, stack files,
+    settings and model volume. A load that stopped part-way is resumed by running it again."""
     try:
-        manifest = load.run(load.LoadRequest(path.absolute(), stacks_folder(stacks), force))
+        manifest = load.run(load.LoadRequest(path.absolute(), stacks_folder(stacks), force, data_root))
     except Stopped as e:
         raise Stopped(e.signum, "run the same load again to finish it") from None
     click.echo(f"loaded {manifest.stack} with {manifest.model.name}: start it with `builder up --offline`, or "

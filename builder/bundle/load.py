@@ -1,9 +1,11 @@
 """`builder bundle load`: every checksum verified before anything is loaded, then the images, the stack files and
-settings, and the model volume filled as model-init would have filled it. Each step finds what an earlier run
-(finished or killed) already did and does only the rest, so a rerun ends in the same state."""
+settings, and the model volume filled as model-init would have filled it. Before any of it, the free space of
+Docker's data root against what the load will write there. Each step finds what an earlier run (finished or killed)
+already did and does only the rest, so a rerun ends in the same state (and needs no space for what is there)."""
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from builder.bundle.archive import CHUNK, BundleReader, Counting
 from builder.bundle.manifest import MODEL, SETTINGS, STACKS, ImageEntry, Manifest
 from builder.core.errors import UserError, shown
 from builder.core.paths import atomic_write, check_folder
-from builder.core.progress import DownloadProgress
-from builder.models.download import sha256_of
+from builder.core.progress import DownloadProgress, human
+from builder.doctor import checks
+from builder.models.download import margin, sha256_of
 from builder.plan import envfile
 
 
@@ -28,6 +31,26 @@ class LoadRequest:
     bundle: Path
     stacks: Path
     force: bool
+    data_root: Path | None  # where to measure free space instead of Docker's data root (docker info's DockerRootDir)
+
+
+@dataclass(frozen=True)
+class SpaceNeeded:
+    """Bytes a load writes under Docker's data root: the images not stored yet, the largest image to load once more
+    (dockerd untars each `docker load` stream whole under its data root's tmp/ before storing the layers, even
+    layers it has), and the model files not yet in the volume (a volume lives under the data root too)."""
+
+    images: int
+    unpack: int
+    model: int
+
+    @property
+    def total(self) -> int:
+        return self.images + self.unpack + self.model
+
+    def parts(self) -> str:
+        named = [(self.images, "images"), (self.unpack, "one image unpacked by docker load"), (self.model, "model")]
+        return ", ".join(f"{what} {human(n)}" for n, what in named if n) or "nothing new"
 
 
 def run(r: LoadRequest) -> Manifest:
@@ -35,13 +58,16 @@ def run(r: LoadRequest) -> Manifest:
     reader = BundleReader(r.bundle)
     try:
         manifest = reader.manifest()
-        verify(reader, manifest)
         stack_files = [f.path for f in manifest.files if f.path.startswith(f"{STACKS}/")]
         check_stack_files(reader, manifest, stack_files, r.stacks, r.force)
         # An offline host: the engines' own Hub lookups off too (stacks/shared/services.yml reads it).
         settings = read_settings(reader) | {"HF_HUB_OFFLINE": "1"}
-        # Loading starts here: nothing above wrote anything.
+        # Space first: a disk too small is said at once, not after verifying hundreds of GB.
+        root = space_root(r.data_root)
         docker = DockerClient()
+        check_space(root, r.data_root is not None, space_needed(docker, manifest, stack_files, r.stacks, settings))
+        verify(reader, manifest)
+        # Loading starts here: nothing above wrote anything.
         for n, image in enumerate(manifest.images, 1):
             load_image(docker, reader, image, f"{n}/{len(manifest.images)}")
         write_stack_files(reader, stack_files, r.stacks)
@@ -85,9 +111,67 @@ def read_settings(reader: BundleReader) -> dict[str, str]:
     return settings
 
 
+def space_root(given: Path | None) -> Path:
+    """Where the load's bytes land: Docker's data root, found as doctor's disk check finds it, or `given`."""
+    info = checks.docker_info(shutil.which("docker"))
+    root = checks.data_root(info, given)
+    if info is None or root is None:
+        raise UserError("no Docker daemon answers (it loads the images, and says where they and the volumes go): "
+                        "start it (sudo systemctl start docker), then load again; nothing was loaded")
+    return root
+
+
+def check_space(root: Path, given: bool, need: SpaceNeeded) -> None:
+    """Free space at `root` against what the load will write there, in one line where it does not fit."""
+    where = f"{root} (--data-root)" if given else f"{root} (Docker's data root)"
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as e:
+        raise UserError(f"cannot see the free space of {where} ({e.strerror or e}): "
+                        "give --data-root, a folder on the disk where Docker keeps images and volumes; nothing was loaded") from None
+    keep = margin(need.total)
+    if need.total + keep > free:
+        raise UserError(f"not enough space in {where}: the load needs about {human(need.total)} ({need.parts()}) + {human(keep)} margin, "
+                        f"{human(free)} is free; free {human(need.total + keep - free)} there (or move Docker's data root to a larger disk), "
+                        "then load again; nothing was loaded")
+    DownloadProgress(verb="load").note(f"load: space: {need.parts()} to write in {where}, {human(free)} free")
+
+
+def space_needed(docker: DockerClient, manifest: Manifest, stack_files: list[str], folder: Path, settings: dict[str, str]) -> SpaceNeeded:
+    """What is not here yet: an image under all its refs and a model file in the volume need nothing again."""
+    to_load = [i for i in manifest.images if not image_here(docker, i)]
+    sizes = {i.file: manifest.entry(i.file).size for i in to_load}
+    present = model_in_place(docker, manifest, stack_files, folder, settings)
+    return SpaceNeeded(images=sum(sizes[i.file] for i in to_load if not docker.image.exists(i.id)),
+                       unpack=max(sizes.values(), default=0),
+                       model=sum(manifest.entry(f"{MODEL}/{p}").size for p in manifest.model.files if p not in present))
+
+
+def model_in_place(docker: DockerClient, manifest: Manifest, stack_files: list[str], folder: Path, settings: dict[str, str]) -> set[str]:
+    """The model files an earlier load (stopped or whole) put in the stack's volume. Only once that load wrote the
+    stack files (each as the bundle has it) can the volume be named, and it is read only where it and the model-init
+    image are here: a `docker run` would create a missing volume."""
+    if not all(stack_file_in_place(manifest, path, folder) for path in stack_files):
+        return set()
+    # The settings as the load writes them into .env, under this process's environment, as compose ranks them.
+    stack = stacks.resolve(folder, manifest.stack, settings | stacks.environment(None))
+    if not (docker.volume.exists(stack.volume) and docker.image.exists(stack.model_init_image)):
+        return set()
+    return volume.survey(stack.model_init_image, stack.volume, model_spec(manifest))
+
+
+def stack_file_in_place(manifest: Manifest, path: str, folder: Path) -> bool:
+    target = folder / path.removeprefix(f"{STACKS}/")
+    return target.is_file() and sha256_of(target) == manifest.entry(path).sha256
+
+
+def image_here(docker: DockerClient, image: ImageEntry) -> bool:
+    return all(_image_id(docker, ref) == image.id for ref in image.refs)
+
+
 def load_image(docker: DockerClient, reader: BundleReader, image: ImageEntry, count: str) -> None:
     """`docker load` the image unless it is here already under every ref, then tag its refs to its ID."""
-    if all(_image_id(docker, ref) == image.id for ref in image.refs):
+    if image_here(docker, image):
         DownloadProgress(verb="load").note(f"load: image {count} {image.refs[0]}: already here")
         return
     DownloadProgress(verb="load").note(f"load: image {count} {image.refs[0]} ({image.id[:19]})")
@@ -132,8 +216,7 @@ def fill_volume(docker: DockerClient, reader: BundleReader, manifest: Manifest, 
     if not docker.volume.exists(stack.volume):
         # Labelled as compose labels its own, so that `up` takes it as the stack's volume and `down -v` removes it.
         docker.volume.create(stack.volume, labels={"com.docker.compose.project": stack.project, "com.docker.compose.volume": stacks.MODEL_VOLUME})
-    spec = {"files": {p: [manifest.entry(f"{MODEL}/{p}").size, manifest.entry(f"{MODEL}/{p}").sha256] for p in model.files},
-            "records": list(model.records)}
+    spec = model_spec(manifest)
     present = volume.survey(stack.model_init_image, stack.volume, spec)
     wanted = [p for p in model.files if p not in present]
     progress = DownloadProgress(verb="load")
@@ -158,3 +241,10 @@ def fill_volume(docker: DockerClient, reader: BundleReader, manifest: Manifest, 
         volume.fill(stack.model_init_image, stack.volume, spec, write)
     finally:
         progress.close()
+
+
+def model_spec(manifest: Manifest) -> dict:
+    """The filler's SPEC (builder/bundle/volume_fill.py): each model file's size and sha256, and the records."""
+    model = manifest.model
+    return {"files": {p: [manifest.entry(f"{MODEL}/{p}").size, manifest.entry(f"{MODEL}/{p}").sha256] for p in model.files},
+            "records": list(model.records)}

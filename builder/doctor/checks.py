@@ -219,9 +219,15 @@ def check_gpu_in_container(t: CheckContext, nvml: Nvml, toolkit: Check) -> Check
                  "check the NVIDIA Container Toolkit (`nvidia-ctk runtime configure --runtime=docker`, restart Docker)")
 
 
+def data_root(info: dict | None, given: Path | None = None) -> Path | None:
+    """Where Docker keeps its images and volumes: `given` (a --data-root), else `docker info`'s DockerRootDir; None
+    where neither says (no daemon answers)."""
+    return given or (Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None)
+
+
 def check_disk(t: CheckContext, info: dict | None) -> Check:
     """Free space where Docker keeps volumes (the models volume) against the model's size."""
-    root = t.data_root or (Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None)
+    root = data_root(info, t.data_root)
     if root is None:
         return Check("disk", "skip", "no Docker daemon to say where it keeps volumes")
     try:
