@@ -18,7 +18,7 @@ from builder.plan import envfile, hardware, measure, planner
 
 @click.command("plan")
 @click.argument("model", required=False)
-@click.option("--engine", help="llamacpp, ollama or vllm (default: the best the model allows).")
+@click.option("--engine", help="llamacpp, ollama, vllm or ktransformers (default: the best the model allows; ktransformers only when named).")
 @click.option("--ctx", "context", type=click.IntRange(256, catalog.CONTEXT_MAX), help="Context length in tokens (default 8192).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--write", type=click.Path(dir_okay=False, path_type=Path), metavar="ENV_FILE", help="Set the plan's variables in a stack's .env file (e.g. stacks/.env), keeping its other lines.")

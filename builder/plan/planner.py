@@ -20,9 +20,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Mapping
 
-from builder.core.errors import UserError
+from builder.core.errors import UserError, shown
 from builder.images import runtime
-from builder.models.catalog import Model, ModelCatalog
+from builder.models.catalog import Model, ModelCatalog, load
 from builder.models.shapes import GB, Shape, from_catalog, from_gguf
 from builder.plan.hardware import GIB, Machine
 
@@ -39,6 +39,13 @@ CPU_EFFICIENCY = 0.35
 MIN_USEFUL_TPS = 2.0  # below this a recommendation is not worth the download
 DEFAULT_CONTEXT = 8192  # the stacks' default
 VLLM_UTILIZATION = 0.90
+# sglang's --mem-fraction-static (the ktransformers stack's KT_MEM_FRACTION default): the share of GPU memory for the
+# weights and the KV pool; the rest is left for activations and CUDA graphs.
+KT_MEM_FRACTION = 0.9
+KT_MAX_TP = 8  # sglang's tensor parallel within one host: a power of two that divides R1's 128 attention heads
+# Planned only when named with --engine: no measurement here shows ktransformers faster than llama.cpp's plan on the
+# same machine, so the recommendation keeps llama.cpp (and the tests that pin it).
+ASKED_ONLY = ("ktransformers",)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class Plan:
     ram_bytes: int = 0
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    download: int = 0  # bytes model-init fetches where more than the model's (ktransformers: its two halves)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -408,7 +416,126 @@ def vllm_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
                 ("vLLM serves many users at once; every weight stays on the GPUs",))
 
 
-PLANNERS = {"llamacpp": llamacpp_plan, "ollama": ollama_plan, "vllm": vllm_plan}
+def release_pair(catalog: ModelCatalog, name: str) -> tuple[Model, list[Model]]:
+    """ktransformers' two halves of one release, for a catalog name of either: the safetensors folder (KT_MODEL: config,
+    tokenizer and the GPU part's weights) and the GGUFs whose routed experts the CPU may run (KT_EXPERTS): the one
+    named, or the release's, largest first. The experts must be that model's, so both come from the same architecture
+    and release date."""
+    entry = catalog.models.get(name)
+    served = sorted(m.name for m in catalog.models.values() if "ktransformers" in m.engines)
+    if entry is None or "ktransformers" not in entry.engines:
+        raise UserError(f"{shown(name)}: ktransformers is planned by catalog name, one of {', '.join(served)} (the stack "
+                        "fetches its model folder and its experts by name); give one of them")
+    pair = [m for m in catalog.models.values() if "ktransformers" in m.engines and (m.arch, m.released) == (entry.arch, entry.released)]
+    weights = [m for m in pair if m.format == "safetensors"]
+    experts = [m for m in pair if m.format == "gguf"]
+    if len(weights) != 1 or not experts or "routed_experts" not in catalog.architectures.get(entry.arch or "", {}):
+        raise UserError(f"models.yaml: {name}'s release needs one safetensors and a GGUF entry served by ktransformers, "
+                        "and its architecture's routed_experts, for ktransformers to be planned")
+    return weights[0], [entry] if entry.format == "gguf" else sorted(experts, key=lambda m: -(m.approx_size_gb or 0))
+
+
+def tensor_parallel(gpus: int) -> int:
+    """The largest power of two GPUs, up to KT_MAX_TP, that sglang can split R1 over."""
+    tp = 1
+    while tp * 2 <= min(gpus, KT_MAX_TP):
+        tp *= 2
+    return tp
+
+
+def ktransformers_plan(name: str, shape: Shape, machine: Machine, context: int) -> Plan:
+    """ktransformers (kt-kernel + sglang-kt): attention, the dense layers and the shared experts on the GPUs, from
+    the release's safetensors folder; the routed experts in RAM, from its GGUF, run by kt-kernel on the CPU; as many
+    experts per MoE layer as fit on the GPUs besides. `shape` is one of the two halves; both are sized from the
+    catalog's estimates, since the stack fetches them by name."""
+    catalog = load()  # the shipped catalog: the stack fetches both halves by these names
+    weights, candidates = release_pair(catalog, name)
+    gpu_part = shape_for(weights, catalog.architectures)
+    routed = int(catalog.architectures[weights.arch or ""]["routed_experts"])
+    if not machine.gpus:
+        raise UserError(f"{name}: ktransformers runs attention, the dense layers and the shared experts on an NVIDIA GPU, "
+                        "and this plan has none; describe one with --gpus (24 GB or more), or leave --engine out for llama.cpp")
+    if machine.cpu_level == "baseline":
+        raise UserError(f"{name}: kt-kernel's CPU kernels need AVX2 at least, and this CPU has none of AVX2, AVX-512 or "
+                        "AMX; run ktransformers on an x86 CPU with AVX2, or leave --engine out for llama.cpp")
+    tp = tensor_parallel(len(machine.gpus))
+    gpus = machine.gpus[:tp]
+    budget = min(g.memory for g in gpus) * KT_MEM_FRACTION - MARGIN
+    dense = gpu_part.total - gpu_part.experts  # attention, dense layers, shared experts, embedding and head (FP8)
+    kv = gpu_part.kv_per_token * context  # MLA's latent cache: every tensor-parallel rank holds all of it
+    fixed = dense / tp + kv
+    if fixed > budget:
+        need = (fixed + MARGIN) / KT_MEM_FRACTION
+        raise UserError(f"{name} does not fit ktransformers' GPU part: {weights.name}'s non-expert weights (about "
+                        f"{dense / GB:.0f} GB{f' over {tp} GPUs' if tp > 1 else ''}) and a {context}-token KV cache need "
+                        f"about {need / GIB:.0f} GiB per GPU at --mem-fraction-static {KT_MEM_FRACTION:g}, and "
+                        f"{'the GPU has' if tp == 1 else 'the smallest has'} {min(g.memory for g in gpus) / GIB:.0f} GiB; "
+                        "use a larger GPU or more of them, give a smaller --ctx, or leave --engine out for llama.cpp")
+    # The largest quant whose routed experts fit RAM: kt-kernel holds every one of them there.
+    ram_budget = machine.ram * RAM_HEADROOM
+    fitting = [(m, s) for m in candidates if (s := shape_for(m, catalog.architectures)).experts <= ram_budget]
+    if not fitting:
+        experts, cpu_part = candidates[-1], shape_for(candidates[-1], catalog.architectures)
+        raise UserError(f"{name} does not fit ktransformers' CPU part: {experts.name}'s routed experts (about "
+                        f"{cpu_part.experts / GB:.0f} GB) stay in RAM for kt-kernel, and this machine has "
+                        f"{ram_budget / GB:.0f} GB to give ({RAM_HEADROOM:.0%} of {machine.ram / GIB:.0f} GiB available); "
+                        f"it needs about {cpu_part.experts / RAM_HEADROOM / GIB:.0f} GiB of available RAM, or leave "
+                        "--engine out: llama.cpp plans a smaller quant")
+    experts, cpu_part = fitting[0]
+    per_expert = gpu_part.experts / routed / tp  # one expert in every MoE layer, FP8, per GPU
+    on_gpu = min(routed, int((budget - fixed) // per_expert))
+    gpu_bytes = int(fixed + on_gpu * per_expert)
+    settings = {
+        "KT_MODEL": weights.name,
+        "KT_EXPERTS": experts.name,
+        "KT_METHOD": "LLAMAFILE",
+        "KT_CPU_THREADS": str(machine.cores) if machine.cores else "",
+        "KT_NUMA_NODES": str(machine.numa_nodes),
+        "KT_NUM_GPU_EXPERTS": str(on_gpu),
+        "KT_CTX_SIZE": str(context),
+        "KT_MEM_FRACTION": f"{KT_MEM_FRACTION:g}",
+        "KT_TP_SIZE": str(tp),
+    }
+    # Decode reads every non-expert weight on the GPUs and a token's 8 routed experts, each on the GPU at the share
+    # held there (uniform placement), else from RAM through kt-kernel.
+    share = on_gpu / routed
+    gpu_bw = min(g.bandwidth_gbps for g in gpus) * GB * GPU_EFFICIENCY
+    gpu_time = (dense - gpu_part.embedding + gpu_part.experts * gpu_part.active_experts * share) / tp / gpu_bw
+    cpu_time = cpu_part.experts * cpu_part.active_experts * (1 - share) / (machine.ram_bandwidth_gbps * GB * CPU_EFFICIENCY)
+    where = "the GPU" if tp == 1 else f"{tp} GPUs"
+    expectation = (f"attention, dense layers and shared experts on {where} with {on_gpu} of {routed} experts per MoE layer; "
+                   f"the other routed experts in RAM on the CPU (kt-kernel)")
+    reasons = [
+        f"KT_MODEL={weights.name}: the model's folder (config, tokenizer, and the GPU part: about {dense / GB:.0f} GB of "
+        f"non-expert weights in FP8); KT_EXPERTS={experts.name}: the same release's GGUF, whose {cpu_part.experts / GB:.0f} GB "
+        "of routed experts stay in RAM (the experts must be that model's)" + (
+            f"; the largest of {', '.join(m.name for m in candidates)} whose experts fit {ram_budget / GB:.0f} GB of RAM"
+            if len(candidates) > 1 else ""),
+        "KT_METHOD=LLAMAFILE: kt-kernel reads the GGUF's experts as they are" + (
+            "; AMXINT4/AMXINT8 would use this CPU's AMX but need experts converted by kt-kernel, which the stack does not do"
+            if machine.cpu_level == "amx" else ""),
+        f"KT_NUM_GPU_EXPERTS={on_gpu}: each expert kept on {where} in every MoE layer costs {per_expert / GIB:.1f} GiB per GPU, "
+        f"and {(budget - fixed) / GIB:.1f} GiB is left per GPU after the GPU part, the KV cache, the {1 - KT_MEM_FRACTION:.0%} "
+        f"sglang keeps for activations and a {MARGIN // 2**20} MiB margin",
+        f"KV cache: {kv / GIB:.2f} GiB for one {context}-token sequence (MLA); sglang's pool takes the rest of its "
+        f"{KT_MEM_FRACTION:g} share",
+        f"downloads: {weights.name} (about {weights.approx_size_gb:g} GB) and {experts.name} (about {experts.approx_size_gb:g} GB)",
+    ]
+    if machine.cores:
+        reasons.append(f"KT_CPU_THREADS={machine.cores}: the physical cores (kt-kernel's advice; a second hyper-thread per "
+                       "core only contends for the memory bandwidth the experts are bound by)")
+    reasons.append(f"KT_NUMA_NODES={machine.numa_nodes}: one kt-kernel thread pool per NUMA node, each reading its node's memory"
+                   + ("; the stack needs `cap_add: [SYS_NICE]` to bind them (docs/stacks.md)" if machine.numa_nodes > 1 else ""))
+    if tp > 1 or len(machine.gpus) > 1:
+        reasons.append(f"KT_TP_SIZE={tp}: sglang's tensor parallel splits the GPU part over {tp} GPUs (a power of two, at "
+                       f"most {KT_MAX_TP})" + (f"; {len(machine.gpus) - tp} GPU(s) left unused" if len(machine.gpus) > tp else ""))
+    # The plan is the experts' GGUF's: what the RAM holds and the tokens read most; KT_MODEL is said in its settings.
+    return Plan(experts.name, "ktransformers", cpu_part, context, settings, runtime.load("ktransformers").flags(settings),
+                expectation, 1.0 / (gpu_time + cpu_time), (gpu_bytes,) * tp, int(cpu_part.experts), tuple(reasons),
+                download=gpu_part.total + cpu_part.total)
+
+
+PLANNERS = {"llamacpp": llamacpp_plan, "ollama": ollama_plan, "vllm": vllm_plan, "ktransformers": ktransformers_plan}
 
 
 def _refusal(name: str, shape: Shape, machine: Machine, context: int) -> str:
@@ -443,16 +570,15 @@ def plan_model(name: str, shape: Shape, machine: Machine, engine: str, context: 
 
 def _with_notes(plan: Plan, machine: Machine) -> Plan:
     notes = list(machine.notes)
-    if machine.disk_free is not None and plan.shape.source == "catalog estimate" and machine.disk_free < plan.shape.total:
-        notes.append(f"the models folder has {machine.disk_free / GB:.0f} GB free and {plan.model} needs about {plan.shape.total / GB:.0f} GB: free space or pick another --dest")
+    need = max(plan.download, plan.shape.total)
+    if machine.disk_free is not None and plan.shape.source == "catalog estimate" and machine.disk_free < need:
+        notes.append(f"the models folder has {machine.disk_free / GB:.0f} GB free and {plan.model} needs about {need / GB:.0f} GB: free space or pick another --dest")
     return replace(plan, notes=tuple(notes))
 
 
 def engines_for(model: Model, wanted: str | None) -> list[str]:
-    usable = [e for e in model.engines if e in PLANNERS]
+    usable = [e for e in model.engines if e in PLANNERS and e not in ASKED_ONLY]
     if wanted:
-        if wanted not in PLANNERS:
-            raise UserError(f"--engine {wanted!r}: the planner knows {', '.join(PLANNERS)}")
         if wanted not in model.engines:
             raise UserError(f"{model.name} is not served by {wanted} (it is by {', '.join(model.engines) or 'no engine yet'}); pick another model or engine")
         return [wanted]
@@ -468,6 +594,8 @@ def recommend(catalog: ModelCatalog, machine: Machine, engine: str | None, conte
                     key=lambda m: (-float(catalog.architectures[m.arch]["params_b"]), m.format != "safetensors",
                                    -date.fromisoformat(m.released).toordinal() if m.released else 0, -m.approx_size_gb))
     passed: list[str] = []
+    refused: UserError | None = None  # the best model's refusal: what a named engine that fits nothing here says
+    slow: str | None = None  # the best model that fits, too slowly
     for model in ranked:
         engines = [e for e in (engines_for(model, None) if engine is None else [engine] if engine in model.engines else [])
                    if machine.nodes == 1 or e == "vllm"]  # only vLLM spans nodes
@@ -475,16 +603,21 @@ def recommend(catalog: ModelCatalog, machine: Machine, engine: str | None, conte
         for eng in engines:
             try:
                 plan = plan_model(model.name, shape_for(model, catalog.architectures), machine, eng, context)
-            except UserError:
+            except UserError as e:
+                refused = refused or e
                 reasons.append(f"{eng}: does not fit")
                 continue
             if plan.tokens_per_s < MIN_USEFUL_TPS:
+                slow = slow or f"{model.name} on {eng} at about {plan.tokens_per_s:.1f} tokens/s"
                 reasons.append(f"{eng}: fits, at about {plan.tokens_per_s:.1f} tokens/s")
                 continue
             return plan, passed
         if reasons:
             passed.append(f"{model.name} ({model.approx_size_gb:g} GB): " + "; ".join(reasons))
-    raise UserError("nothing in the catalog fits this machine" + (f" with {engine}" if engine else "") + "; see `builder models`")
+    if engine and refused is not None and not slow:
+        raise refused
+    raise UserError("nothing in the catalog fits this machine" + (f" with {engine}" if engine else "")
+                    + (f" at {MIN_USEFUL_TPS:g} tokens/s or more (the best: {slow})" if slow else "") + "; see `builder models`")
 
 
 FILE_ENGINE = "llamacpp"  # a .gguf file named directly: llama.cpp loads it as it is
@@ -494,6 +627,8 @@ def choose(catalog: ModelCatalog, machine: Machine, model: str | None, engine: s
     """`builder plan [MODEL]`: the recommendation (no MODEL), a downloaded .gguf (its header gives the exact sizes;
     the stack's MODEL stays as it is), or a catalog name on its first engine the planner knows. Returns the plan and
     the better models passed over."""
+    if engine is not None and engine not in PLANNERS:
+        raise UserError(f"--engine {shown(engine)}: the planner knows {', '.join(PLANNERS)}")
     if model is None:
         return recommend(catalog, machine, engine, context)
     if model.endswith(".gguf") or "/" in model:
