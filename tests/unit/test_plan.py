@@ -7,17 +7,23 @@ import json
 import re
 
 import pytest
-
-from builder.plan import hardware
-from builder.models import catalog as models
-from builder.core.errors import UserError
-from builder.models.catalog import ModelCatalog
-from builder.plan.planner import decode_estimate, plan_model, recommend, shape_for
-from builder.models.shapes import from_gguf
 from support.builder import builder_in_process as builder
 from support.compose import compose
 from support.prerequisites import REPO
 from support.tiny_gguf import write_tiny_deepseek2
+
+from builder.core.errors import UserError
+from builder.models import catalog as models
+from builder.models.catalog import ModelCatalog
+from builder.models.shapes import from_gguf
+from builder.plan import hardware
+from builder.plan.planner import (
+    choose,
+    decode_estimate,
+    plan_model,
+    recommend,
+    shape_for,
+)
 
 
 def layers_with_experts_in_ram(settings) -> set[int]:
@@ -190,6 +196,12 @@ def test_cli_plans_a_gguf_and_writes_the_stack_env_keeping_other_lines(tmp_path)
     (["no-such-model"], "unknown model 'no-such-model'"),
     (["r1-671b-q4_k_m", "--engine", "vllm"], "r1-671b-q4_k_m is not served by vllm"),
     (["missing.gguf"], "'missing.gguf' is not a file"),
+    (["--engine", "foo"], "--engine 'foo': the planner knows llamacpp, ollama, vllm, ktransformers"),
+    (["r1-671b-q4_k_m", "--engine", "foo"], "--engine 'foo': the planner knows"),
+    (["--engine", "ktransformers", "--gpus", "none"], "ktransformers runs attention, the dense layers and the shared experts on an NVIDIA GPU"),
+    (["--engine", "ktransformers", "--ram", "256"], "r1-0528-q4_k_m's routed experts (about 393 GB) stay in RAM"),
+    (["--engine", "ktransformers", "--ram", "512", "--gpus", "1x16"], "need about 20 GiB per GPU"),
+    (["--engine", "ktransformers", "--ram", "512", "--cpu", "baseline"], "kt-kernel's CPU kernels need AVX2 at least"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     env = tmp_path / ".env"
@@ -269,6 +281,7 @@ def test_llamacpp_puts_each_layer_where_the_plan_says(catalog, gpus, ram, model)
     ("llamacpp", "r1-671b-ud-iq1_s", "4xRTX4090", 256),
     ("ollama", "r1-671b-ud-iq1_s", "4xRTX4090", 256),
     ("vllm", "r1-671b-fp8", "8xH200", 2000),
+    ("ktransformers", "r1-0528-q4_k_m", "1xRTX4090", 512),
 ])
 def test_every_setting_a_planner_writes_is_a_variable_of_its_engines_stack(catalog, engine, model, gpus, ram):
     """`builder plan --write` sets these in stacks/.env: one the stack does not read would be a silent no-op."""
@@ -277,3 +290,67 @@ def test_every_setting_a_planner_writes_is_a_variable_of_its_engines_stack(catal
     text = "".join(p.read_text() for p in (*stacks.glob(f"{engine}-*.yml"), stacks / "shared/services.yml"))
     unread = [key for key in plan.settings if not re.search(r"\$\{" + key + r"[:}-]", text)]
     assert plan.settings and not unread, f"{engine}'s planner writes {unread}, which no {engine} stack file reads"
+
+
+KT_BOX = ("1xRTX4090", 512, 32, "avx512")  # kt-kernel's documented minimum class: one 24 GB GPU, a lot of RAM
+
+
+def test_ktransformers_plans_r1_0528_with_its_own_experts_on_a_24gb_gpu_and_512gb_ram(catalog):
+    """Asked for without a model, ktransformers gets R1-0528 (the release the stack defaults to): its FP8 folder for
+    the GPU part and its Q4_K_M GGUF's experts in RAM (Q8_0's do not fit 512 GiB); every expert the GPU holds
+    besides fits the 24 GiB at sglang's 0.9 share; the CPU settings are the machine's."""
+    box = machine(*KT_BOX, numa=2)
+    plan, _ = choose(catalog, box, None, "ktransformers", None)
+    s = plan.settings
+    assert (plan.engine, plan.model, s["KT_MODEL"], s["KT_EXPERTS"]) == ("ktransformers", "r1-0528-q4_k_m", "r1-0528-fp8", "r1-0528-q4_k_m")
+    assert catalog.get(s["KT_MODEL"]).released == catalog.get(s["KT_EXPERTS"]).released
+    assert (s["KT_METHOD"], s["KT_CPU_THREADS"], s["KT_NUMA_NODES"], s["KT_TP_SIZE"], s["KT_CTX_SIZE"]) == ("LLAMAFILE", "32", "2", "1", "8192")
+    assert 1 <= int(s["KT_NUM_GPU_EXPERTS"]) < 8 and plan.gpu_bytes[0] <= 24 * hardware.GIB * 0.9
+    assert 380e9 < plan.ram_bytes <= 512 * hardware.GIB * 0.9
+    assert plan.flags[:2] == ("--kt-method", "LLAMAFILE") and "--kt-num-gpu-experts" in plan.flags
+    assert any(r.startswith("KT_CPU_THREADS=32: the physical cores") for r in plan.reasons)
+    assert any("cap_add: [SYS_NICE]" in r for r in plan.reasons)  # 2 NUMA nodes: the stack's binding needs it
+    # One more GPU expert per layer would not fit: the count is the most the budget takes.
+    more = plan_model("r1-0528-q4_k_m", shape_for(catalog.get("r1-0528-q4_k_m"), catalog.architectures), machine("1x26", 512, 32, "avx512"), "ktransformers", None)
+    assert int(more.settings["KT_NUM_GPU_EXPERTS"]) > int(s["KT_NUM_GPU_EXPERTS"])
+
+
+@pytest.mark.parametrize("named", ["r1-671b-q4_k_m", "r1-671b-fp8"])
+def test_ktransformers_keeps_a_named_release_together(catalog, named):
+    """Naming the original R1 (its GGUF or its FP8 folder) plans the original's pair, with nothing of 0528's."""
+    plan, _ = choose(catalog, machine(*KT_BOX), named, "ktransformers", None)
+    assert (plan.settings["KT_MODEL"], plan.settings["KT_EXPERTS"]) == ("r1-671b-fp8", "r1-671b-q4_k_m")
+    assert "0528" not in json.dumps(plan.as_json())
+
+
+def test_ktransformers_takes_q8_0_experts_where_ram_holds_them_and_splits_over_gpus(catalog):
+    """1 TiB of RAM holds Q8_0's experts (713 GB); three H100s run tensor parallel over two (a power of two)."""
+    plan, _ = choose(catalog, machine("3xH100", 1024, 64, "amx"), "r1-0528-fp8", "ktransformers", None)
+    assert (plan.settings["KT_EXPERTS"], plan.settings["KT_TP_SIZE"]) == ("r1-0528-q8_0", "2")
+    assert len(plan.gpu_bytes) == 2 and all(b <= 80 * hardware.GIB * 0.9 for b in plan.gpu_bytes)
+    assert any("AMXINT4/AMXINT8" in r for r in plan.reasons) and any("1 GPU(s) left unused" in r for r in plan.reasons)
+
+
+def test_the_recommendation_never_picks_ktransformers_unasked(catalog):
+    """Where llama.cpp was the recommendation, it stays so: nothing measured here says ktransformers is faster."""
+    for box in (machine(*KT_BOX), machine("3xH100", 1024, 64, "amx"), machine("1x24", 2048, 128, "amx", numa=2)):
+        plan, _ = recommend(catalog, box, None, None)
+        assert plan.engine != "ktransformers"
+    plan, _ = choose(catalog, machine(*KT_BOX), "r1-0528-q4_k_m", None, None)
+    assert plan.engine == "llamacpp"
+
+
+def test_plan_write_then_compose_reaches_sglang_kt(tmp_path):
+    """`builder plan --engine ktransformers --write` into the stack's .env, then compose: both model-init runs fetch
+    the plan's pair, and the engine's command carries each planned value beside its flag."""
+    env = tmp_path / ".env"
+    plan = json.loads(builder("plan", "--engine", "ktransformers", "--gpus", "1xRTX4090", "--ram", "512", "--cores", "48", "--numa", "2",
+                              "--cpu", "avx512", "--write", str(env), "--json", capture_output=True).stdout)["settings"]
+    services = json.loads(compose(["ktransformers-webui.yml"], "--env-file", str(env), "config", "--format", "json").stdout)["services"]
+    assert services["model-init-weights"]["command"][0] == plan["KT_MODEL"] == "r1-0528-fp8"
+    assert services["model-init"]["command"][0] == plan["KT_EXPERTS"] == "r1-0528-q4_k_m"
+    command = services["ktransformers"]["command"]
+    for flag, key in (("--kt-method", "KT_METHOD"), ("--kt-cpuinfer", "KT_CPU_THREADS"), ("--kt-threadpool-count", "KT_NUMA_NODES"),
+                      ("--kt-num-gpu-experts", "KT_NUM_GPU_EXPERTS"), ("--context-length", "KT_CTX_SIZE"), ("--tp-size", "KT_TP_SIZE")):
+        assert command[command.index(flag) + 1] == plan[key], flag
+    assert plan["KT_CPU_THREADS"] == "48" and plan["KT_NUMA_NODES"] == "2"
