@@ -51,7 +51,7 @@ class CheckContext:
     image_cuda: str | None = None  # the CUDA of the engine's image (images/<engine>/image.yaml)
     engine_image: str | None = None
     model: str | None = None
-    model_bytes: int | None = None  # the catalog's approximate size
+    model_bytes: int | None = None  # what the stack downloads: the catalog's approximate size, or the plan's (ktransformers: both halves)
     repo: str | None = None
     ports: tuple[tuple[str, int], ...] = ()  # (bind address, port)
     data_root: Path | None = None  # instead of docker info's DockerRootDir (a volume's disk)
@@ -237,7 +237,7 @@ def check_disk(t: CheckContext, info: dict | None) -> Check:
     if not t.model_bytes:
         return Check("disk", "ok", f"{human(free)} free in {root}; the model's size is not known before its download")
     need = int(t.model_bytes * DISK_MARGIN)
-    detail = f"{human(free)} free in {root}; {t.model} needs about {t.model_bytes / GB:.0f} GB"
+    detail = f"{human(free)} free in {root}; {t.model}{' and its FP8 folder' if t.engine == 'ktransformers' else ''} need{'' if t.engine == 'ktransformers' else 's'} about {t.model_bytes / GB:.0f} GB"
     if free >= need:
         return Check("disk", "ok", detail)
     return Check("disk", "fail", detail, f"free {human(need - free)} in {root}, move Docker's data-root to a larger disk, or pick a smaller model")

@@ -35,8 +35,9 @@ def doctor_command(model: str | None, engine: str | None, cpu: bool, port: int, 
     except ValueError:
         raise UserError(f"--bind {shown(bind)} is not an IP address (127.0.0.1, 0.0.0.0, ::1)") from None
     box = hardware.describe(gpus="none" if cpu else None)
-    planned, model, engine = plan_check(box, model, engine)
-    t = check_context(engine=engine, model=model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline)
+    planned, model, engine, download = plan_check(box, model, engine)
+    t = check_context(engine=engine, model=model, gpu=bool(box.gpus), ports=((bind, port),), data_root=data_root, offline=offline,
+                      download_bytes=download)
     found = [planned, *checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(repo_root() / "stacks" / ".env"))]
     if as_json:
         click.echo(json.dumps({"model": model, "engine": engine, "checks": [c.as_json() for c in found]}, indent=2))

@@ -41,10 +41,11 @@ def stack_token(env_file: Path) -> str | None:
     return os.environ.get("HF_TOKEN", "").strip() or envfile.read_values(env_file).get("HF_TOKEN", "").strip() or None
 
 
-def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Check, str, str]:
-    """The plan for this machine as a check, and the model and engine the other checks are about. Where a named model
-    (or engine) does not fit, that check fails and the host is still checked for them: a machine that cannot run
-    vLLM still learns what else is missing."""
+def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Check, str, str, int | None]:
+    """The plan for this machine as a check, the model and engine the other checks are about, and the bytes the stack
+    downloads where more than the model's own (ktransformers: its FP8 folder too). Where a named model (or engine)
+    does not fit, that check fails and the host is still checked for them: a machine that cannot run vLLM still
+    learns what else is missing."""
     try:
         plan, _ = planner.choose(catalog.load(), box, model, engine, None)
     except UserError as e:
@@ -53,8 +54,8 @@ def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Che
         named = engine or next(iter(catalog.load().get(model).engines), None)
         if named is None:
             raise
-        return Check("plan", "fail", str(e), "pick a smaller model or another engine (`builder plan` recommends one)"), model, named
-    return Check("plan", "ok", f"{plan.model} on {plan.engine}: {plan.expectation}"), plan.model, plan.engine
+        return Check("plan", "fail", str(e), "pick a smaller model or another engine (`builder plan` recommends one)"), model, named, None
+    return Check("plan", "ok", f"{plan.model} on {plan.engine}: {plan.expectation}"), plan.model, plan.engine, plan.download or None
 
 
 def shm_bytes(value: str) -> int | None:
@@ -66,7 +67,9 @@ def shm_bytes(value: str) -> int | None:
 
 
 def check_context(*, engine: str | None, model: str | None, gpu: bool, ports: tuple[tuple[str, int], ...] = (), data_root: Path | None = None,
-                  offline: bool = False, engine_image: str | None = None, env: dict[str, str] | None = None) -> CheckContext:
+                  offline: bool = False, engine_image: str | None = None, env: dict[str, str] | None = None,
+                  download_bytes: int | None = None) -> CheckContext:
+    """download_bytes: what the stack downloads where the plan knows it to be more than the model (Plan.download)."""
     env = dict(os.environ) if env is None else env
     entry = None
     if model is not None and "/" not in model and not model.endswith(".gguf"):
@@ -75,7 +78,7 @@ def check_context(*, engine: str | None, model: str | None, gpu: bool, ports: tu
     clients = docker_clients()
     return CheckContext(
         docker=clients[0] if clients else None, engine=engine, gpu=gpu, image_cuda=image_cuda(engine) if engine and gpu else None,
-        engine_image=engine_image, model=model, model_bytes=int(entry.approx_size_gb * GB) if entry and entry.approx_size_gb else None,
+        engine_image=engine_image, model=model, model_bytes=download_bytes or (int(entry.approx_size_gb * GB) if entry and entry.approx_size_gb else None),
         repo=entry.repo if entry else None, ports=ports, data_root=data_root, hub=not offline, vllm_shm=shm,
     )
 

@@ -233,7 +233,7 @@ def bring_up(r: UpRequest, console: Console, echo: Callable[[str], None], confir
         raise UserError(f"WEBUI_PORT {shown(raw_port)} is not a port number: fix it in {env_path} or the environment, or give --port")
     web_port = int(raw_port)
     t = check_context(engine=plan.engine, model=plan.model, gpu=stack.gpu, ports=() if is_up else ((bind, web_port),), data_root=r.data_root,
-               offline=r.offline)
+               offline=r.offline, download_bytes=plan.download or None)
     found = checks.run_all(t, ram=box.ram, numa_nodes=box.numa_nodes, token=stack_token(env_target))
     console.print(report(found), markup=False)
     failed = [c for c in found if c.status == "fail"]

@@ -16,7 +16,7 @@ from support.privileges import as_root
 
 from builder.doctor import checks
 from builder.doctor.checks import CheckContext, Nvml
-from builder.doctor.context import image_cuda, one_line, plan_check, shm_bytes
+from builder.doctor.context import check_context, image_cuda, one_line, plan_check, shm_bytes
 
 GB = 1000**3
 
@@ -160,7 +160,24 @@ def test_a_named_model_that_does_not_fit_is_a_failed_check_and_the_host_is_still
     from builder.plan import hardware
 
     box = hardware.describe(gpus="none", ram_gib=16, cores=4, numa=1, cpu="avx2")
-    planned, model, engine = plan_check(box, "r1-distill-qwen-1.5b-bf16", None)
+    planned, model, engine, _ = plan_check(box, "r1-distill-qwen-1.5b-bf16", None)
     assert planned.status == "fail" and "vLLM needs GPUs" in planned.detail and (model, engine) == ("r1-distill-qwen-1.5b-bf16", "vllm")
-    planned, model, engine = plan_check(box, None, None)
-    assert planned.status == "ok" and engine in ("llamacpp", "ollama")
+    planned, model, engine, download = plan_check(box, None, None)
+    assert planned.status == "ok" and engine in ("llamacpp", "ollama") and download is None
+
+
+def test_the_disk_check_counts_both_halves_of_a_ktransformers_download(tmp_path: Path):
+    """ktransformers' stack downloads the FP8 folder and the GGUF experts: the disk check wants both, not the GGUF's
+    404 GB alone."""
+    from builder.models import catalog
+    from builder.plan import hardware
+
+    box = hardware.describe(gpus="1x24", ram_gib=512, cores=32, numa=1, cpu="avx512")
+    planned, model, engine, download = plan_check(box, None, "ktransformers")
+    models = catalog.load()
+    halves = models.get("r1-0528-fp8").approx_size_gb + models.get(model).approx_size_gb
+    assert planned.status == "ok" and engine == "ktransformers" and download and download > 0.9 * halves * 1e9, (model, download)
+    t = check_context(engine=engine, model=model, gpu=True, data_root=tmp_path, download_bytes=download)
+    assert t.model_bytes == download
+    disk = checks.check_disk(t, None)
+    assert f"{model} and its FP8 folder need about {download / 1e9:.0f} GB" in disk.detail, disk
