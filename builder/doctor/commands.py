@@ -42,7 +42,7 @@ def doctor_command(model: str | None, engine: str | None, cpu: bool, port: int, 
     if as_json:
         click.echo(json.dumps({"model": model, "engine": engine, "checks": [c.as_json() for c in found]}, indent=2))
     else:
-        click.echo(f"checking for {model} on {engine}" + (" (GPU)" if t.gpu else " (CPU)"))
+        click.echo(f"checking for {model or 'no model'} on {engine}" + (" (GPU)" if t.gpu else " (CPU)"))
         click.echo(report(found))
     failed = [c.name for c in found if c.status == "fail"]
     if failed:

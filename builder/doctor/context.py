@@ -41,7 +41,7 @@ def stack_token(env_file: Path) -> str | None:
     return os.environ.get("HF_TOKEN", "").strip() or envfile.read_values(env_file).get("HF_TOKEN", "").strip() or None
 
 
-def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Check, str, str, int | None]:
+def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Check, str | None, str, int | None]:
     """The plan for this machine as a check, the model and engine the other checks are about, and the bytes the stack
     downloads where more than the model's own (ktransformers: its FP8 folder too). Where a named model (or engine)
     does not fit, that check fails and the host is still checked for them: a machine that cannot run vLLM still
@@ -49,6 +49,8 @@ def plan_check(box: Machine, model: str | None, engine: str | None) -> tuple[Che
     try:
         plan, _ = planner.choose(catalog.load(), box, model, engine, None)
     except UserError as e:
+        if model is None and engine is not None:  # no model of the catalog fits that engine here: check the rest for it
+            return Check("plan", "fail", str(e), "pick another engine, or leave --engine out (`builder plan` recommends one)"), None, engine, None
         if model is None or "/" in model or model.endswith(".gguf"):
             raise
         named = engine or next(iter(catalog.load().get(model).engines), None)

@@ -164,6 +164,9 @@ def test_a_named_model_that_does_not_fit_is_a_failed_check_and_the_host_is_still
     assert planned.status == "fail" and "vLLM needs GPUs" in planned.detail and (model, engine) == ("r1-distill-qwen-1.5b-bf16", "vllm")
     planned, model, engine, download = plan_check(box, None, None)
     assert planned.status == "ok" and engine in ("llamacpp", "ollama") and download is None
+    # An engine named without a model, that no model fits here (ktransformers needs a GPU): the rest is still checked.
+    planned, model, engine, _ = plan_check(box, None, "ktransformers")
+    assert planned.status == "fail" and "NVIDIA GPU" in planned.detail and (model, engine) == (None, "ktransformers"), planned
 
 
 def test_the_disk_check_counts_both_halves_of_a_ktransformers_download(tmp_path: Path):
