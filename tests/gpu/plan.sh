@@ -29,9 +29,11 @@
 # every-expert-in-RAM way) for the bench phase. On 2026-12-06's 16-core H100 machines the portable build (every CPU
 # variant) did not finish in 500 s; CPU_TARGET=native took 393 s. The device tool brings back only a few files from
 # $OUT: give the script another OUT_DIR and put one archive of it there (tar -czf $OUT/r.tgz -C OUT_DIR .).
-# The q2_k sweep, still to run (docs/PERFORMANCE.md), in two calls on one warm machine:
+# The q2_k sweep (docs/PERFORMANCE.md, runs 4-8) ran as a build call and then bench calls back to back on the warm
+# machine (it goes cold after 30 s idle), three budgets or so each, each into a folder of its own:
 #   CPU_TARGET=native QUANTS=q2_k WHEELS=.cache/plan-wheels bash tests/gpu/plan.sh build .cache/llama.cpp-0c1e57098.tar.gz /tmp/o
-#   QUANTS=q2_k bash tests/gpu/plan.sh bench x /tmp/o; tar -czf $OUT/r.tgz -C /tmp/o .
+#   QUANTS=q2_k BUDGETS_q2_k="7 10 14" SERVE_DEFAULT_AT=14 bash tests/gpu/plan.sh bench x /tmp/o2; tar -czf $OUT/r.tgz -C /tmp/o2 .
+# A budget named twice in one bench call is answered the second time from --measure's cache: repeat it in a new call.
 #
 # Inputs, prepared on a machine with network, from the repository root (the GPU machine has none):
 #   the source tarball (.cache/llama.cpp-0c1e57098.tar.gz, llama.cpp's pinned tree, checked against its sha256):
